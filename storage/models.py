@@ -1,0 +1,173 @@
+"""SQLAlchemy models of the tables that migrations/versions creates.
+
+The models describe the schema for queries, and Alembic revisions create it. A test
+compares the two, so a column added here without a revision fails the suite.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Double,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+OUTCOME_KINDS = ("refused", "answered", "unknown")
+OUTCOME_DECIDERS = ("field", "sentinel", "detector", "none")
+FLAG_STATUSES = ("open", "acknowledged", "resolved", "false_positive")
+JOB_RUN_STATUSES = ("ok", "skipped", "failed")
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    quoted = ", ".join(f"'{value}'" for value in values)
+    return f"{column} IN ({quoted})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class ExchangeRecord(Base):
+    """One stored exchange, its outcome and a summary of its scores.
+
+    `messages` and `reply` are NULL when database.store_raw_text is false.
+    `slip_through` is true when at least one sentinel slipped through, which the
+    policy only allows for answered exchanges, and `max_slip_prob` is the
+    highest probability among those sentinels.
+    """
+
+    __tablename__ = "exchanges"
+    __table_args__ = (
+        CheckConstraint(_one_of("outcome_kind", OUTCOME_KINDS), name="outcome_kind"),
+        CheckConstraint(_one_of("outcome_decided_by", OUTCOME_DECIDERS), name="outcome_decided_by"),
+        Index("ix_exchanges_user_id_created_at", "user_id", "created_at"),
+        # Slip-throughs that count towards user flags, by time: the flag job and
+        # the user ranking read only this index.
+        Index(
+            "ix_exchanges_flaggable_slip_throughs",
+            "created_at",
+            "user_id",
+            postgresql_include=["max_slip_prob"],
+            postgresql_where=text("slip_through AND NOT override_trusted"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    user_id: Mapped[str] = mapped_column(Text, nullable=False)
+    model: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    ingested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    messages: Mapped[list[dict[str, str]] | None] = mapped_column(JSONB, nullable=True)
+    reply: Mapped[str | None] = mapped_column(Text, nullable=True)
+    override_trusted: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    override_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    exchange_metadata: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    source_format: Mapped[str] = mapped_column(Text, nullable=False)
+    outcome_kind: Mapped[str] = mapped_column(Text, nullable=False)
+    outcome_decided_by: Mapped[str] = mapped_column(Text, nullable=False)
+    outcome_sentinel: Mapped[str | None] = mapped_column(Text, nullable=True)
+    outcome_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
+    truncated: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    kafka_topic: Mapped[str | None] = mapped_column(Text, nullable=True)
+    kafka_partition: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    kafka_offset: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    slip_through: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    max_slip_prob: Mapped[float | None] = mapped_column(Double, nullable=True)
+
+    scores: Mapped[list[ScoreRecord]] = relationship(back_populates="exchange", lazy="raise")
+
+
+class ScoreRecord(Base):
+    """The score of one sentinel for one exchange, with what computed it.
+
+    `threshold` is the sentinel's threshold when the exchange was stored. It is
+    NULL for a sentinel that was scored but is missing from the configured set.
+    """
+
+    __tablename__ = "scores"
+
+    exchange_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("exchanges.id", ondelete="CASCADE"), primary_key=True
+    )
+    sentinel: Mapped[str] = mapped_column(Text, primary_key=True)
+    logprob: Mapped[float] = mapped_column(Double, nullable=False)
+    prob: Mapped[float] = mapped_column(Double, nullable=False)
+    threshold: Mapped[float | None] = mapped_column(Double, nullable=True)
+    slip_through: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    model_id: Mapped[str] = mapped_column(Text, nullable=False)
+    template_sha256: Mapped[str] = mapped_column(Text, nullable=False)
+    tokenizer_sha256: Mapped[str] = mapped_column(Text, nullable=False)
+    scored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+    exchange: Mapped[ExchangeRecord] = relationship(back_populates="scores", lazy="raise")
+
+
+class FlagRecord(Base):
+    """A finding against a user under one rule. The flag job keeps one row per (user, rule).
+
+    `evidence` is `{"exchange_ids": [...], "probabilities": {exchange id: {sentinel: prob}}}`
+    for the slip-throughs in the last window in which the user met the rule.
+    """
+
+    __tablename__ = "flags"
+    __table_args__ = (
+        UniqueConstraint("user_id", "rule"),
+        CheckConstraint(_one_of("status", FLAG_STATUSES), name="status"),
+        Index("ix_flags_status_updated_at", "status", "updated_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    user_id: Mapped[str] = mapped_column(Text, nullable=False)
+    rule: Mapped[str] = mapped_column(Text, nullable=False)
+    status: Mapped[str] = mapped_column(Text, nullable=False)
+    opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    window_s: Mapped[int] = mapped_column(Integer, nullable=False)
+    slip_through_count: Mapped[int] = mapped_column(Integer, nullable=False)
+    max_prob: Mapped[float] = mapped_column(Double, nullable=False)
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+
+
+class JobRunRecord(Base):
+    """One run of a scheduled job on one replica, including runs skipped because another replica held the lock."""
+
+    __tablename__ = "job_runs"
+    __table_args__ = (
+        CheckConstraint(_one_of("status", JOB_RUN_STATUSES), name="status"),
+        Index("ix_job_runs_job_started_at", "job", "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    job: Mapped[str] = mapped_column(Text, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    status: Mapped[str] = mapped_column(Text, nullable=False)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
