@@ -13,7 +13,6 @@ import dataclasses
 import json
 import os
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +24,13 @@ from monitor.sentinels import Sentinel, validate_sentinel_set
 ENV_PREFIX = "SENTINEL_"
 DEFAULT_HOME = Path.home() / ".cache" / "sentinel-monitor"
 
-# Refusal prefixes the stock SmolLM2-135M-Instruct can score. The thresholds
-# sit above the probabilities this model gives ordinary requests; docs/scoring.md
-# gives the measurement behind them.
+# Refusal prefixes the stock SmolLM2-135M-Instruct can score. Each threshold is
+# the 95th percentile of that probability over the 250 safe XSTest prompts, so
+# about 5% of benign prompts are at or above it; docs/scoring.md has the
+# measurement and why this model separates harmful from benign prompts poorly.
 DEFAULT_SENTINELS: tuple[Sentinel, ...] = (
-    Sentinel(name="im_sorry", text="I'm sorry", threshold=0.05, severity="medium"),
-    Sentinel(name="i_cant", text="I can't", threshold=0.02, severity="medium"),
+    Sentinel(name="im_sorry", text="I'm sorry", threshold=0.02, severity="medium"),
+    Sentinel(name="i_cant", text="I can't", threshold=0.0005, severity="medium"),
 )
 
 
@@ -185,7 +185,8 @@ def load_settings(config_path: str | Path | None = None, environ: Mapping[str, s
         else:
             raw[section] = values
 
-    return _build(Settings, raw, "").validate()
+    settings: Settings = _build(Settings, raw, "")
+    return settings.validate()
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -228,7 +229,7 @@ def _build(cls: type[Any], raw: Any, where: str) -> Any:
 
 def _convert(hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, where + ".")
     if hint is bool:
         return _convert_bool(value, where)
@@ -241,8 +242,6 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return value
     if origin is tuple and typing.get_args(hint)[0] is Sentinel:
         return _convert_sentinels(value, where)
-    if origin in (types.UnionType, typing.Union):
-        raise ConfigError(f"setting {where} has an unsupported type {hint}")
     raise ConfigError(f"setting {where} has an unsupported type {hint}")
 
 

@@ -159,8 +159,9 @@ def _content_text(value: Any, where: str, allow_none: bool) -> str | None:
     if isinstance(value, list):
         # OpenAI content parts: keep the text parts, in order.
         parts = [part.get("text") for part in value if isinstance(part, dict) and part.get("type") == "text"]
-        if parts and all(isinstance(p, str) for p in parts):
-            return "\n".join(parts)
+        texts = [p for p in parts if isinstance(p, str)]
+        if texts and len(texts) == len(parts):
+            return "\n".join(texts)
     raise InvalidExchangeError("invalid_field", f"{where} must be a string or a list of text parts")
 
 

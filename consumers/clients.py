@@ -1,0 +1,83 @@
+"""Kafka clients built from settings, with kafka-python's errors translated where they enter."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from consumers.errors import BrokerUnavailableError
+from monitor.settings import KafkaSettings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PARTITIONS = 4
+
+
+def build_consumer(settings: KafkaSettings) -> KafkaConsumer:
+    """Build a consumer-group member with manual commits (subscription happens in the loop)."""
+    try:
+        return KafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers.split(","),
+            client_id=settings.client_id,
+            group_id=settings.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=settings.auto_offset_reset,
+            max_poll_records=settings.max_poll_records,
+            max_poll_interval_ms=settings.max_poll_interval_ms,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=settings.heartbeat_interval_ms,
+            request_timeout_ms=settings.request_timeout_ms,
+            fetch_max_bytes=max(52_428_800, settings.max_message_bytes * 2),
+            max_partition_fetch_bytes=max(1_048_576, settings.max_message_bytes + 1024),
+            allow_auto_create_topics=False,
+        )
+    except KafkaError as exc:
+        raise BrokerUnavailableError(f"could not create a Kafka consumer for {settings.bootstrap_servers}: {exc!r}") from exc
+
+
+def build_producer(settings: KafkaSettings, **overrides: Any) -> KafkaProducer:
+    """Build a producer that waits for every in-sync replica and retries on its own."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers.split(","),
+        "client_id": settings.client_id,
+        "acks": "all",
+        "retries": 5,
+        "linger_ms": 5,
+        "request_timeout_ms": settings.request_timeout_ms,
+        "max_request_size": max(1_048_576, settings.max_message_bytes + 4096),
+    }
+    options.update(overrides)
+    try:
+        return KafkaProducer(**options)
+    except KafkaError as exc:
+        raise BrokerUnavailableError(f"could not create a Kafka producer for {settings.bootstrap_servers}: {exc!r}") from exc
+
+
+def ensure_topics(settings: KafkaSettings, partitions: int = DEFAULT_PARTITIONS) -> None:
+    """Create the exchanges and dead-letter topics if they do not exist yet."""
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=settings.bootstrap_servers.split(","),
+            client_id=f"{settings.client_id}-admin",
+            request_timeout_ms=settings.request_timeout_ms,
+        )
+    except KafkaError as exc:
+        raise BrokerUnavailableError(f"no Kafka broker answered at {settings.bootstrap_servers}: {exc!r}") from exc
+    try:
+        existing = set(admin.list_topics())
+        wanted = [settings.topic, settings.dead_letter_topic]
+        missing = [NewTopic(name, partitions, 1) for name in wanted if name not in existing]
+        if missing:
+            try:
+                admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another replica created it between the listing and the request
+            logger.info("created topics %s with %d partitions", [t.name for t in missing], partitions)
+    except KafkaError as exc:
+        raise BrokerUnavailableError(f"could not list or create topics at {settings.bootstrap_servers}: {exc}") from exc
+    finally:
+        admin.close()

@@ -1,0 +1,394 @@
+"""The `sentinel-monitor` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from contextlib import ExitStack
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator, Sequence
+
+from monitor.errors import ConfigError, InvalidExchangeError, SentinelMonitorError
+from monitor.logs import configure_logging
+from monitor.settings import Settings, load_settings
+
+logger = logging.getLogger("monitor.cli")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse '90s', '15m', '24h', '7d' or '2w' into a timedelta."""
+    match = _DURATION.match(text.strip().lower())
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}; use a positive number and s, m, h, d or w")
+    return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sentinel-monitor",
+        description="Score refusal sentinels for logged chat exchanges, store them, and flag users.",
+    )
+    parser.add_argument("--config", metavar="PATH", help="TOML settings file (default: $SENTINEL_CONFIG)")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="overrides log_level")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    model = commands.add_parser("model", help="manage the scoring model").add_subparsers(dest="action", required=True)
+    pull = model.add_parser("pull", help="fetch, verify and cache the embedded default model")
+    pull.add_argument("--force", action="store_true", help="download and convert again even if cached")
+    pull.set_defaults(handler=_model_pull)
+    info = model.add_parser("info", help="print the configured model's identity and sentinel token ids")
+    info.set_defaults(handler=_model_info)
+
+    score = commands.add_parser("score", help="score JSON lines offline, without Kafka or PostgreSQL")
+    score.add_argument("--input", default="-", metavar="PATH|-", help="JSON lines to read (default: stdin)")
+    score.add_argument("--output", default="-", metavar="PATH|-", help="where to write scores (default: stdout)")
+    score.set_defaults(handler=_score)
+
+    db = commands.add_parser("db", help="manage the PostgreSQL schema").add_subparsers(dest="action", required=True)
+    upgrade = db.add_parser("upgrade", help="apply migrations up to REVISION")
+    upgrade.add_argument("revision", nargs="?", default="head")
+    upgrade.set_defaults(handler=_db_upgrade)
+    current = db.add_parser("current", help="print the schema revision")
+    current.set_defaults(handler=_db_current)
+    stats = db.add_parser("stats", help="print how many exchanges and scores are stored")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.set_defaults(handler=_db_stats)
+
+    _add_users_commands(commands)
+    _add_replay_command(commands)
+    _add_run_command(commands)
+    return parser
+
+
+def _add_users_commands(commands: Any) -> None:
+    users = commands.add_parser("users", help="per-user risk from PostgreSQL").add_subparsers(dest="action", required=True)
+    top = users.add_parser("top", help="users with the most slip-throughs in the window")
+    top.add_argument("--window", type=parse_duration, default=timedelta(hours=24), help="e.g. 1h, 24h, 7d (default 24h)")
+    top.add_argument("--limit", type=int, default=20, help="users to list (default 20)")
+    top.add_argument("--json", action="store_true", help="print JSON")
+    top.set_defaults(handler=_users_top)
+    show = users.add_parser("show", help="one user's counts, flags and evidence")
+    show.add_argument("user", metavar="USER")
+    show.add_argument("--window", type=parse_duration, default=timedelta(days=7), help="default 7d")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(handler=_users_show)
+    flag = users.add_parser("flag", help="run the flag job once now")
+    flag.set_defaults(handler=_users_flag)
+
+
+def _add_replay_command(commands: Any) -> None:
+    from monitor.replay import FORMATS
+
+    replay = commands.add_parser("replay", help="produce public request/response files to the exchanges topic")
+    replay.add_argument("path", metavar="PATH", help="a file, or a folder searched for files of the format")
+    replay.add_argument("--format", required=True, choices=FORMATS, dest="replay_format")
+    replay.add_argument("--users", type=int, default=50, help="number of simulated users (default 50)")
+    replay.add_argument("--limit", type=int, default=None, help="produce at most this many messages")
+    replay.add_argument(
+        "--rebase-time",
+        action="store_true",
+        help="jsonl only: shift timestamps so the newest message is now, keeping their spacing",
+    )
+    replay.set_defaults(handler=_replay)
+
+
+def _add_run_command(commands: Any) -> None:
+    run = commands.add_parser("run", help="run the daemon: consume, score, store, flag")
+    run.add_argument(
+        "--until-caught-up",
+        action="store_true",
+        help="exit once every message on the topic is processed, after one flag-job run",
+    )
+    run.add_argument("--no-scheduler", action="store_true", help="consume only; do not run scheduled jobs")
+    run.set_defaults(handler=_run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"sentinel-monitor: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(args.log_level or settings.log_level)
+    try:
+        handler: Callable[[argparse.Namespace, Settings], int] = args.handler
+        return handler(args, settings)
+    except (ConfigError, InvalidExchangeError) as exc:
+        print(f"sentinel-monitor: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SentinelMonitorError as exc:
+        logger.debug("command failed", exc_info=True)
+        print(f"sentinel-monitor: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("sentinel-monitor: interrupted", file=sys.stderr)
+        return 130
+
+
+def _model_pull(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.model_store import pull_default_model
+
+    path = pull_default_model(Path(settings.model.cache_dir), force=args.force)
+    print(path)
+    return EXIT_OK
+
+
+def _model_info(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.model_store import load_scorer
+
+    scorer = load_scorer(settings.model, settings)
+    identity = scorer.identity
+    info = {
+        "model_id": identity.model_id,
+        "template_sha256": identity.template_sha256,
+        "tokenizer_sha256": identity.tokenizer_sha256,
+        "sentinels": {
+            s.name: {"text": s.text, "token_ids": list(ids), "threshold": s.threshold, "severity": s.severity}
+            for s, ids in zip(scorer.sentinels, scorer.sentinel_token_ids)
+        },
+    }
+    print(json.dumps(info, indent=2))
+    return EXIT_OK
+
+
+def _score(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.model_store import load_scorer
+    from monitor.offline import count_lines, score_stream
+
+    scorer = load_scorer(settings.model, settings)
+    with ExitStack() as stack:
+        source = _open_input(args.input, stack)
+        sink = _open_output(args.output, stack)
+        total = count_lines(args.input) if args.input != "-" else None
+        summary = score_stream(scorer, source, sink, total=total, show_progress=sys.stderr.isatty())
+    logger.info("scored %d line(s), %d could not be scored", summary.scored, summary.failed)
+    if summary.failed:
+        print(
+            f"sentinel-monitor: {summary.failed} line(s) could not be scored; their output lines carry an 'error'",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _open_input(path: str, stack: ExitStack) -> IO[bytes]:
+    if path == "-":
+        return sys.stdin.buffer
+    try:
+        return stack.enter_context(open(path, "rb"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read --input {path}: {exc.strerror}") from exc
+
+
+def _open_output(path: str, stack: ExitStack) -> IO[str]:
+    if path == "-":
+        return sys.stdout
+    try:
+        return stack.enter_context(open(path, "w", encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot write --output {path}: {exc.strerror}") from exc
+
+
+def _db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    from storage.migrate import current_revision, upgrade
+
+    upgrade(settings.database, args.revision)
+    print(f"schema at revision {current_revision(settings.database)}")
+    return EXIT_OK
+
+
+def _db_current(args: argparse.Namespace, settings: Settings) -> int:
+    from storage.migrate import current_revision, head_revision
+
+    print(f"current: {current_revision(settings.database) or 'none'}  head: {head_revision()}")
+    return EXIT_OK
+
+
+def _db_stats(args: argparse.Namespace, settings: Settings) -> int:
+    from storage.exchanges import count_exchanges, count_scores, count_unscored
+
+    with _session(settings) as session:
+        stats = {
+            "exchanges": count_exchanges(session),
+            "scores": count_scores(session),
+            "unscored_exchanges": count_unscored(session),
+        }
+    if args.json:
+        print(json.dumps(stats))
+    else:
+        print("  ".join(f"{name}={value}" for name, value in stats.items()))
+    return EXIT_OK
+
+
+def _users_top(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.users import top_users
+
+    if args.limit <= 0:
+        raise ConfigError(f"--limit must be positive, got {args.limit}")
+    with _session(settings) as session:
+        users = top_users(session, window=args.window, now=_now(), limit=args.limit)
+    if args.json:
+        print(json.dumps({"window_s": args.window.total_seconds(), "users": [u.as_json() for u in users]}, indent=2))
+        return EXIT_OK
+    if not users:
+        print(f"no slip-throughs in the last {_format_window(args.window)}")
+        return EXIT_OK
+    print(_format_top(users, args.window))
+    return EXIT_OK
+
+
+def _users_show(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.users import show_user
+
+    with _session(settings) as session:
+        detail = show_user(session, args.user, window=args.window, now=_now())
+    if detail is None:
+        print(f"sentinel-monitor: user {args.user!r} has no stored exchanges", file=sys.stderr)
+        return EXIT_FAILURE
+    print(json.dumps(detail.as_json(), indent=2) if args.json else _format_detail(detail.as_json()))
+    return EXIT_OK
+
+
+def _users_flag(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.jobs.flag_users import run_flag_job
+    from storage.engine import create_engine, create_session_factory
+
+    engine = create_engine(settings=settings.database)
+    try:
+        result = run_flag_job(create_session_factory(engine=engine), settings.flags, now=_now())
+    finally:
+        engine.dispose()
+    print(json.dumps(result.as_json()))
+    return EXIT_OK
+
+
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    from consumers.clients import build_producer, ensure_topics
+    from consumers.producer import produce_messages
+
+    if args.users <= 0:
+        raise ConfigError(f"--users must be positive, got {args.users}")
+    if args.rebase_time and args.replay_format != "jsonl":
+        raise ConfigError("--rebase-time applies to --format jsonl; the other formats are stamped at replay time")
+    files, messages = _replay_messages(Path(args.path), args.replay_format, args.users, args.limit, args.rebase_time)
+    ensure_topics(settings.kafka)
+    producer = build_producer(settings.kafka)
+    try:
+        summary = produce_messages(
+            producer, settings.kafka.topic, messages, show_progress=sys.stderr.isatty(),
+        )  # fmt: skip
+    finally:
+        producer.close(timeout=10)
+    print(f"produced {summary.sent} message(s) from {len(files)} file(s) to {settings.kafka.topic}")
+    if summary.failed:
+        print(f"sentinel-monitor: {summary.failed} message(s) were not acknowledged", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _replay_messages(
+    path: Path, replay_format: str, users: int, limit: int | None, rebase: bool
+) -> tuple[list[Path], Iterator[Any]]:
+    from itertools import islice
+
+    from monitor.replay import (
+        ReplayMessage,
+        find_files,
+        read_jsonl,
+        read_refusal_direction,
+        read_xstest,
+        rebase_times,
+        replay_start_time,
+    )
+    from monitor.wire import encode_exchange
+
+    files = find_files(path, replay_format)  # type: ignore[arg-type]
+    start = replay_start_time()
+
+    def generate() -> Iterator[ReplayMessage]:
+        for file in files:
+            if replay_format == "jsonl":
+                lines = list(read_jsonl(file))
+                yield from (rebase_times(lines, start) if rebase else lines)
+                continue
+            reader = read_xstest if replay_format == "xstest" else read_refusal_direction
+            for exchange in reader(file, users, start):
+                yield ReplayMessage(key=exchange.user_id, value=encode_exchange(exchange))
+
+    return files, islice(generate(), limit)
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.daemon import DaemonOptions, run_daemon
+
+    stats = run_daemon(settings, DaemonOptions(until_caught_up=args.until_caught_up, with_scheduler=not args.no_scheduler))
+    if args.until_caught_up:
+        print(
+            f"processed {stats.messages} message(s): stored {stats.stored}, already stored {stats.duplicates}, "
+            f"dead-lettered {stats.dead_lettered}, slip-throughs {stats.slip_throughs}"
+        )
+    return EXIT_OK
+
+
+def _session(settings: Settings) -> Any:
+    from contextlib import contextmanager
+
+    from storage.engine import create_engine, create_session_factory
+
+    @contextmanager
+    def scope() -> Iterator[Any]:
+        engine = create_engine(settings=settings.database)
+        try:
+            with create_session_factory(engine=engine)() as session:
+                yield session
+        finally:
+            engine.dispose()
+
+    return scope()
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _format_window(window: timedelta) -> str:
+    seconds = int(window.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _format_top(users: Sequence[Any], window: timedelta) -> str:
+    rows = [u.as_json() for u in users]
+    lines = [f"users by slip-throughs in the last {_format_window(window)}:"]
+    lines.append(f"{'user':<28} {'exchanges':>9} {'slip-throughs':>13} {'max prob':>9}  flag")
+    for row in rows:
+        max_probs = row.get("max_prob_by_sentinel") or {}
+        top = max(max_probs.values(), default=None)
+        shown = f"{top:.3f}" if isinstance(top, float) else "-"
+        lines.append(
+            f"{row['user_id']:<28} {row['exchanges']:>9} {row['slip_throughs']:>13} {shown:>9}  {row.get('flag_status') or '-'}"
+        )
+    return "\n".join(lines)
+
+
+def _format_detail(detail: dict[str, Any]) -> str:
+    return json.dumps(detail, indent=2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
