@@ -13,6 +13,7 @@ NOISY_LIBRARIES = (
     "apscheduler.executors",
     "apscheduler.scheduler",
     "alembic.runtime.plugins",
+    "alembic.runtime.migration",
     "transformers",
     "httpx",
 )
