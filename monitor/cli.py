@@ -387,7 +387,27 @@ def _format_top(users: Sequence[Any], window: timedelta) -> str:
 
 
 def _format_detail(detail: dict[str, Any]) -> str:
-    return json.dumps(detail, indent=2)
+    lines = [
+        f"user {detail['user_id']}: {detail['exchanges']} exchange(s), {detail['slip_throughs']} slip-through(s), "
+        f"{detail['overrides']} override(s) between {detail['window_start']} and {detail['window_end']}",
+    ]
+    for flag in detail["flags"]:
+        lines.append(
+            f"flag {flag['id']} [{flag['status']}] {flag['rule']}: {flag['slip_through_count']} slip-through(s), "
+            f"max probability {flag['max_prob']:.3f}, opened {flag['opened_at']}"
+        )
+    if not detail["flags"]:
+        lines.append("no flags")
+    evidence = detail["evidence"]
+    if evidence:
+        lines.append(f"{'exchange':<48} {'created':<26} {'outcome':<9} probabilities (* = at or above threshold)")
+    for item in evidence:
+        slipped = set(item["slip_through_sentinels"])
+        probabilities = " ".join(
+            f"{name}={value:.4f}{'*' if name in slipped else ''}" for name, value in sorted(item["probabilities"].items())
+        )
+        lines.append(f"{item['id']:<48} {item['created_at'][:25]:<26} {item['outcome']:<9} {probabilities}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

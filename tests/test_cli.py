@@ -1,0 +1,113 @@
+"""The command line: durations, usage errors, and the users commands against PostgreSQL."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from monitor.cli import parse_duration
+from monitor.settings import DatabaseSettings
+from storage.engine import transaction
+from storage.exchanges import ExchangeRepository
+from tests.conftest import REPO_ROOT
+from tests.conftest_db import database_engine, database_settings, session_factory
+from tests.storage.factories import HIGH, LOW, SENTINELS, scored_exchange
+
+__all__ = ["database_engine", "database_settings", "session_factory"]
+
+
+def run_cli(database: DatabaseSettings | None, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")}
+    if database is not None:
+        env["SENTINEL_DATABASE__URL"] = database.url
+    env["SENTINEL_SCORING__SENTINELS"] = json.dumps(
+        [{"name": s.name, "text": s.text, "threshold": s.threshold} for s in SENTINELS]
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "monitor.cli", "--log-level", "WARNING", *args],
+        capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=120, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("15m", 900), ("24h", 86400), ("7d", 604800), ("2w", 1209600), ("1.5h", 5400)]
+)
+def test_parse_duration_units(text: str, seconds: int) -> None:
+    assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["", "24", "h", "-1h", "0m", "3y"])
+def test_parse_duration_rejects_invalid(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="invalid duration"):
+        parse_duration(text)
+
+
+def test_invalid_setting_exits_with_usage_error() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")}
+    env["SENTINEL_KAFKA__MAX_POLL_RECORDS"] = "lots"
+    result = subprocess.run(
+        [sys.executable, "-m", "monitor.cli", "db", "current"], capture_output=True, text=True, cwd=REPO_ROOT,
+        env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "kafka.max_poll_records='lots' is not a valid int" in result.stderr
+
+
+def test_replay_rejects_rebase_time_for_csv(tmp_path: object) -> None:
+    result = run_cli(None, "replay", str(REPO_ROOT), "--format", "xstest", "--rebase-time")
+    assert result.returncode == 2
+    assert "--rebase-time applies to --format jsonl" in result.stderr
+
+
+@pytest.mark.postgres
+def test_users_commands_read_stored_exchanges(
+    database_settings: DatabaseSettings, session_factory: sessionmaker[Session]
+) -> None:
+    now = datetime.now(timezone.utc)
+    items = [scored_exchange(user_id="risky", probs=HIGH) for _ in range(4)]
+    items += [scored_exchange(user_id="benign", probs=LOW) for _ in range(10)]
+    items = [replace(item, exchange=replace(item.exchange, created_at=now - timedelta(minutes=i))) for i, item in enumerate(items)]
+    repository = ExchangeRepository(sentinels=SENTINELS, store_raw_text=True)
+    with transaction(session_factory, "seed") as session:
+        repository.save_batch(session, items)
+
+    flagged = run_cli(database_settings, "users", "flag")
+    assert flagged.returncode == 0, flagged.stderr
+    assert json.loads(flagged.stdout)["created"] == 1
+
+    top = run_cli(database_settings, "users", "top", "--window", "1h", "--json")
+    assert top.returncode == 0, top.stderr
+    users = json.loads(top.stdout)["users"]
+    assert [u["user_id"] for u in users] == ["risky"]
+    assert users[0]["slip_throughs"] == 4
+    assert users[0]["flag_status"] == "open"
+
+    text = run_cli(database_settings, "users", "top", "--window", "1h")
+    assert "risky" in text.stdout
+    assert "open" in text.stdout
+
+    shown = run_cli(database_settings, "users", "show", "risky", "--json")
+    detail = json.loads(shown.stdout)
+    assert detail["slip_throughs"] == 4
+    assert len(detail["evidence"]) == 4
+    assert all("reply" not in item and "messages" not in item for item in detail["evidence"])
+
+    missing = run_cli(database_settings, "users", "show", "nobody")
+    assert missing.returncode == 1
+    assert "has no stored exchanges" in missing.stderr
+
+
+@pytest.mark.postgres
+def test_db_upgrade_is_idempotent(database_settings: DatabaseSettings) -> None:
+    for _ in range(2):
+        result = run_cli(database_settings, "db", "upgrade")
+        assert result.returncode == 0, result.stderr
+        assert "schema at revision 0001" in result.stdout
