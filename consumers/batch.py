@@ -75,14 +75,19 @@ class BatchBuilder:
         batch, self._open = self._open, Batch()
         return batch
 
-    def drop_partitions(self, partitions: Collection[TopicPartition]) -> int:
-        """Forget records of revoked partitions (the next owner reads them again); return how many."""
+    def drop_partitions(self, partitions: Collection[TopicPartition]) -> list[InboundRecord]:
+        """Remove the records of revoked partitions and return them, so the caller can rewind to them."""
         revoked = {(p.topic, p.partition) for p in partitions}
-        before = len(self)
+        dropped = [
+            record
+            for batch in (*self._sealed, self._open)
+            for record in batch.records
+            if (record.position.topic, record.position.partition) in revoked
+        ]
         kept_sealed = (_without(batch, revoked) for batch in self._sealed)
         self._sealed = deque(batch for batch in kept_sealed if batch.records)
         self._open = _without(self._open, revoked)
-        return before - len(self)
+        return dropped
 
     def _is_full(self, batch: Batch) -> bool:
         return len(batch.records) >= self._settings.batch_max_messages or batch.tokens >= self._settings.batch_max_tokens

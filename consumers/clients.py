@@ -31,6 +31,7 @@ def build_consumer(settings: KafkaSettings) -> KafkaConsumer:
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
             request_timeout_ms=settings.request_timeout_ms,
+            reconnect_backoff_max_ms=_reconnect_backoff_max_ms(settings),
             fetch_max_bytes=max(52_428_800, settings.max_message_bytes * 2),
             max_partition_fetch_bytes=max(1_048_576, settings.max_message_bytes + 1024),
             allow_auto_create_topics=False,
@@ -49,12 +50,19 @@ def build_producer(settings: KafkaSettings, **overrides: Any) -> KafkaProducer:
         "linger_ms": 5,
         "request_timeout_ms": settings.request_timeout_ms,
         "max_request_size": max(1_048_576, settings.max_message_bytes + 4096),
+        "reconnect_backoff_max_ms": _reconnect_backoff_max_ms(settings),
     }
     options.update(overrides)
     try:
         return KafkaProducer(**options)
     except KafkaError as exc:
         raise BrokerUnavailableError(f"could not create a Kafka producer for {settings.bootstrap_servers}: {exc!r}") from exc
+
+
+def _reconnect_backoff_max_ms(settings: KafkaSettings) -> int:
+    # The clients' reconnect delay doubles up to kafka.retry_max_s too, instead
+    # of up to kafka-python's own cap of 30 s.
+    return int(settings.retry_max_s * 1000)
 
 
 def ensure_topics(settings: KafkaSettings, partitions: int = DEFAULT_PARTITIONS) -> None:

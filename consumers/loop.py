@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 BUSY_POLL_MS = 100
 IDLE_POLL_MS = 500
 CAUGHT_UP_CHECK_S = 1.0
+# A commit normally takes milliseconds. When the group coordinator cannot be
+# reached, the loop gives up on a commit after this long and retries it with
+# backoff, so that polling and shutdown do not wait kafka.request_timeout_ms.
+COMMIT_TIMEOUT_MS = 5_000
 
 
 @dataclass
@@ -83,7 +87,7 @@ class ConsumerLoop:
         self._pending_commit: dict[TopicPartition, int] = {}
         self._commit_at = 0.0
         self._commit_delay = settings.retry_initial_s
-        self._paused = False
+        self._poll_delay = settings.retry_initial_s
         self._assigned: set[TopicPartition] = set()
         self._caught_up_checked_at = 0.0
         self.stats = LoopStats()
@@ -125,10 +129,19 @@ class ConsumerLoop:
     def _poll(self) -> list[Any]:
         busy = self._running is not None or len(self._builder) > 0
         room = self._settings.max_in_flight_messages - self._in_flight()
-        records = self._consumer.poll(
-            timeout_ms=BUSY_POLL_MS if busy else IDLE_POLL_MS,
-            max_records=max(1, min(self._settings.max_poll_records, room)),
-        )
+        try:
+            records = self._consumer.poll(
+                timeout_ms=BUSY_POLL_MS if busy else IDLE_POLL_MS,
+                max_records=max(1, min(self._settings.max_poll_records, room)),
+            )
+        except KafkaError as exc:
+            # The broker is unreachable or the group is being rebuilt. Nothing
+            # polled is lost: uncommitted messages are read again later.
+            logger.warning("poll failed, retrying in %.1f s: %r", self._poll_delay, exc)
+            self._stop.wait(self._poll_delay)
+            self._poll_delay = min(self._settings.retry_max_s, self._poll_delay * 2)
+            return []
+        self._poll_delay = self._settings.retry_initial_s
         return [message for partition_messages in records.values() for message in partition_messages]
 
     def _in_flight(self) -> int:
@@ -163,7 +176,10 @@ class ConsumerLoop:
         self._running = None
         self._retry_delay = self._settings.retry_initial_s
         self._record(result, time.monotonic() - running.started_at)
-        self._pending_commit = merge_offsets(self._pending_commit, result.offsets)
+        # A rebalance may have revoked partitions while the worker ran. Their
+        # new owner reads those messages again, so their offsets are dropped.
+        owned = {tp: offset for tp, offset in result.offsets.items() if tp in self._assigned}
+        self._pending_commit = merge_offsets(self._pending_commit, owned)
 
     def _record(self, result: BatchResult, elapsed_s: float) -> None:
         stats = self.stats
@@ -182,7 +198,7 @@ class ConsumerLoop:
         )  # fmt: skip
         if elapsed_s > self._settings.processing_timeout_s:
             logger.warning(
-                "batch took %.1f s, above kafka.processing_timeout_s=%.1f; a rebalance during such a batch "
+                "batch took %.1f s, above kafka.processing_timeout_s=%.1f; a shutdown during such a batch "
                 "abandons it. Lower kafka.batch_max_tokens or scoring.batch_max_tokens.",
                 elapsed_s,
                 self._settings.processing_timeout_s,
@@ -193,7 +209,7 @@ class ConsumerLoop:
             return not self._pending_commit
         offsets = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._pending_commit.items()}
         try:
-            self._consumer.commit(offsets=offsets)
+            self._consumer.commit(offsets=offsets, timeout_ms=COMMIT_TIMEOUT_MS)
         except CommitFailedError as exc:
             logger.warning(
                 "offset commit rejected because the group rebalanced; %d partition(s) will be read again "
@@ -230,17 +246,19 @@ class ConsumerLoop:
         self._running = RunningBatch(batch, future, cancelled, time.monotonic())
 
     def _apply_backpressure(self) -> None:
+        # The consumer's own pause state is read every time, because kafka-python 3
+        # keeps a partition paused across a rebalance that gives it back to this member.
         in_flight = self._in_flight()
         limit = self._settings.max_in_flight_messages
-        assignment = self._consumer.assignment()
-        if not self._paused and in_flight >= limit and assignment:
-            self._consumer.pause(*assignment)
-            self._paused = True
-            logger.info("paused %d partition(s): %d messages in flight (limit %d)", len(assignment), in_flight, limit)
-        elif self._paused and in_flight <= limit // 2:
-            self._consumer.resume(*assignment)
-            self._paused = False
-            logger.info("resumed %d partition(s): %d messages in flight", len(assignment), in_flight)
+        paused = self._consumer.paused()
+        if in_flight >= limit:
+            unpaused = self._consumer.assignment() - paused
+            if unpaused:
+                self._consumer.pause(*unpaused)
+                logger.info("paused %d partition(s): %d messages in flight (limit %d)", len(unpaused), in_flight, limit)
+        elif paused and in_flight <= limit // 2:
+            self._consumer.resume(*paused)
+            logger.info("resumed %d partition(s): %d messages in flight", len(paused), in_flight)
 
     def _is_caught_up(self) -> bool:
         if self._in_flight() or self._pending_commit or not self._assigned:
@@ -256,49 +274,62 @@ class ConsumerLoop:
             logger.warning("could not read end offsets to check progress: %s", exc)
             return False
 
-    # Rebalance handling: called by kafka-python inside poll(), on this thread.
+    # Rebalance handling. kafka-python 3 calls these on its network thread
+    # while the loop's thread waits inside poll() or close(). A blocking
+    # consumer call there, such as commit(), raises RuntimeError, and a long
+    # wait stops the heartbeats, so these only update the loop's own state.
 
     def on_revoked(self, partitions: Collection[TopicPartition]) -> None:
         logger.info("partitions revoked: %s", sorted(f"{p.topic}-{p.partition}" for p in partitions))
         revoked = set(partitions)
-        abandoned = self._finish_running_batch()
-        self._commit(force=True)
-        self._pending_commit = {tp: o for tp, o in self._pending_commit.items() if tp not in revoked}
-
-        dropped = self._builder.drop_partitions(revoked)
-        if self._retry_batch is not None:
-            abandoned.extend(self._retry_batch.records)
-            self._retry_batch = None
-        dropped += len(abandoned)
-        self._rewind([r for r in abandoned if _partition_of(r) not in revoked])
-        if dropped:
-            logger.info("dropped %d uncommitted message(s); they will be read again", dropped)
         self._assigned -= revoked
 
+        # 1. Offsets of revoked partitions are no longer this member's to commit.
+        self._pending_commit = {tp: o for tp, o in self._pending_commit.items() if tp not in revoked}
+
+        # 2. Forget what was polled from them. A batch waiting to be retried is read again entirely.
+        dropped = self._builder.drop_partitions(revoked)
+        if self._retry_batch is not None:
+            dropped.extend(self._retry_batch.records)
+            self._retry_batch = None
+        self._rewind(dropped)
+        if dropped:
+            logger.info("dropped %d uncommitted message(s); they will be read again", len(dropped))
+
+        # 3. The worker's batch runs on, and `_collect` keeps only the offsets of partitions still assigned.
+
     def _rewind(self, records: Sequence[InboundRecord]) -> None:
-        # Records of partitions this member keeps were already returned by
-        # poll(); seek back so that they are read again rather than skipped.
+        # The dropped records were already returned by poll(), so seek back to
+        # the first of them. kafka-python 3 keeps the position of a partition
+        # that the next assignment gives back to this member, which would skip
+        # them. A partition no longer assigned starts from its committed offset
+        # wherever it goes next.
         first: dict[TopicPartition, int] = {}
         for record in records:
             partition = _partition_of(record)
             first[partition] = min(first.get(partition, record.position.offset), record.position.offset)
+        assigned = self._consumer.assignment()
         for partition, offset in first.items():
-            self._consumer.seek(partition, offset)
+            if partition in assigned:
+                self._consumer.seek(partition, offset)
 
     def on_assigned(self, partitions: Collection[TopicPartition]) -> None:
         logger.info("partitions assigned: %s", sorted(f"{p.topic}-{p.partition}" for p in partitions))
         self._assigned |= set(partitions)
-        self._paused = False
 
-    def _finish_running_batch(self) -> list[InboundRecord]:
-        """Wait for the worker's batch; return its records if it had to be abandoned."""
+    def _finish_running_batch(self) -> None:
+        """Wait at most kafka.processing_timeout_s for the worker's batch, then abandon it uncommitted.
+
+        A batch that is waiting to retry a database or dead-letter write is
+        abandoned at once, because the outage may outlast any shutdown deadline.
+        """
         running = self._running
         if running is None:
-            return []
+            return
+        running.cancelled.set()
         self._collect(wait_s=self._settings.processing_timeout_s)
         if self._running is not running:
-            return []
-        running.cancelled.set()
+            return
         self._running = None
         self.stats.abandoned_batches += 1
         logger.warning(
@@ -307,10 +338,9 @@ class ConsumerLoop:
             len(running.batch),
             self._settings.processing_timeout_s,
         )
-        return list(running.batch.records)
 
     def _shut_down(self) -> None:
-        # 1. Finish the batch the worker holds, bounded by the processing timeout.
+        # 1. Finish the batch the worker holds, unless it is waiting to retry a write.
         self._finish_running_batch()
 
         # 2. Commit everything that is durable.
@@ -320,7 +350,7 @@ class ConsumerLoop:
 
         # 3. Leave the group and release the worker.
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self._consumer.close(autocommit=False)
+        self._consumer.close(autocommit=False, timeout_ms=COMMIT_TIMEOUT_MS)
         logger.info(
             "consumer stopped: batches=%d messages=%d stored=%d duplicates=%d dead_lettered=%d",
             self.stats.batches, self.stats.messages, self.stats.stored, self.stats.duplicates,

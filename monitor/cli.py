@@ -332,9 +332,14 @@ def _replay_messages(
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from monitor.daemon import DaemonOptions, run_daemon
+    from monitor.daemon import DaemonOptions, ShutdownRequested, run_daemon
 
-    stats = run_daemon(settings, DaemonOptions(until_caught_up=args.until_caught_up, with_scheduler=not args.no_scheduler))
+    options = DaemonOptions(until_caught_up=args.until_caught_up, with_scheduler=not args.no_scheduler)
+    try:
+        stats = run_daemon(settings, options)
+    except ShutdownRequested as exc:
+        print(f"sentinel-monitor: {exc}", file=sys.stderr)
+        return EXIT_OK
     if args.until_caught_up:
         print(
             f"processed {stats.messages} message(s): stored {stats.stored}, already stored {stats.duplicates}, "
