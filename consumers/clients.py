@@ -15,6 +15,10 @@ from monitor.settings import KafkaSettings
 logger = logging.getLogger(__name__)
 
 DEFAULT_PARTITIONS = 4
+# How long a new client waits for its first metadata before raising. The
+# daemon retries with backoff, so a short wait keeps it responsive to SIGTERM
+# while the broker is down; kafka-python's own default is 30 s.
+BOOTSTRAP_TIMEOUT_MS = 5_000
 
 
 def build_consumer(settings: KafkaSettings) -> KafkaConsumer:
@@ -32,6 +36,7 @@ def build_consumer(settings: KafkaSettings) -> KafkaConsumer:
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
             request_timeout_ms=settings.request_timeout_ms,
             reconnect_backoff_max_ms=_reconnect_backoff_max_ms(settings),
+            bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
             fetch_max_bytes=max(52_428_800, settings.max_message_bytes * 2),
             max_partition_fetch_bytes=max(1_048_576, settings.max_message_bytes + 1024),
             allow_auto_create_topics=False,
@@ -51,6 +56,7 @@ def build_producer(settings: KafkaSettings, **overrides: Any) -> KafkaProducer:
         "request_timeout_ms": settings.request_timeout_ms,
         "max_request_size": max(1_048_576, settings.max_message_bytes + 4096),
         "reconnect_backoff_max_ms": _reconnect_backoff_max_ms(settings),
+        "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
     }
     options.update(overrides)
     try:
@@ -72,9 +78,10 @@ def ensure_topics(settings: KafkaSettings, partitions: int = DEFAULT_PARTITIONS)
             bootstrap_servers=settings.bootstrap_servers.split(","),
             client_id=f"{settings.client_id}-admin",
             request_timeout_ms=settings.request_timeout_ms,
+            bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
         )
     except KafkaError as exc:
-        raise BrokerUnavailableError(f"no Kafka broker answered at {settings.bootstrap_servers}: {exc!r}") from exc
+        raise BrokerUnavailableError(f"could not connect to Kafka at {settings.bootstrap_servers}: {exc!r}") from exc
     try:
         existing = set(admin.list_topics())
         wanted = [settings.topic, settings.dead_letter_topic]

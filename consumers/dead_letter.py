@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Sequence
 
 from kafka import KafkaProducer
@@ -40,10 +41,16 @@ class DeadLetterWriter:
                 f"could not write {len(records)} message(s) to dead-letter topic {self._topic}: {exc}; "
                 "their offsets stay uncommitted and they are retried"
             ) from exc
+        reasons = Counter(record.reason or "unknown" for record in records)
+        first = records[0].position
+        logger.warning(
+            "dead-lettered %d message(s) to %s: reasons=%s first=%s/%d/%d",
+            len(records), self._topic, dict(reasons), first.topic, first.partition, first.offset,
+        )  # fmt: skip
         for record in records:
-            logger.warning(
-                "dead-lettered message: topic=%s partition=%d offset=%d reason=%s",
-                record.position.topic, record.position.partition, record.position.offset, record.reason,
+            logger.debug(
+                "dead-lettered message: topic=%s partition=%d offset=%d reason=%s error=%s",
+                record.position.topic, record.position.partition, record.position.offset, record.reason, record.error,
             )  # fmt: skip
 
     def _send(self, record: InboundRecord):  # type: ignore[no-untyped-def]

@@ -61,6 +61,7 @@ class LoopStats:
     dead_lettered: int = 0
     slip_throughs: int = 0
     abandoned_batches: int = 0
+    caught_up: bool = False
     committed: dict[TopicPartition, int] = field(default_factory=dict)
 
 
@@ -101,6 +102,7 @@ class ConsumerLoop:
                 self._step()
                 if until_caught_up and self._is_caught_up():
                     logger.info("caught up: every assigned partition is processed and committed")
+                    self.stats.caught_up = True
                     break
         finally:
             self._shut_down()
@@ -280,7 +282,8 @@ class ConsumerLoop:
     # wait stops the heartbeats, so these only update the loop's own state.
 
     def on_revoked(self, partitions: Collection[TopicPartition]) -> None:
-        logger.info("partitions revoked: %s", sorted(f"{p.topic}-{p.partition}" for p in partitions))
+        if partitions:
+            logger.info("partitions revoked: %s", sorted(f"{p.topic}-{p.partition}" for p in partitions))
         revoked = set(partitions)
         self._assigned -= revoked
 
@@ -314,7 +317,8 @@ class ConsumerLoop:
                 self._consumer.seek(partition, offset)
 
     def on_assigned(self, partitions: Collection[TopicPartition]) -> None:
-        logger.info("partitions assigned: %s", sorted(f"{p.topic}-{p.partition}" for p in partitions))
+        if partitions:
+            logger.info("partitions assigned: %s", sorted(f"{p.topic}-{p.partition}" for p in partitions))
         self._assigned |= set(partitions)
 
     def _finish_running_batch(self) -> None:

@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class BatchResult:
-    """What a processed batch did, and the offsets that may now be committed."""
+    """Counts and timings of a processed batch, and the offsets that may now be committed."""
 
     offsets: dict[TopicPartition, int]
     messages: int

@@ -12,8 +12,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Sequence
 
+from monitor import __version__
 from monitor.errors import ConfigError, InvalidExchangeError, SentinelMonitorError
 from monitor.logs import configure_logging
+from monitor.replay import ReplayInputError
 from monitor.settings import Settings, load_settings
 
 logger = logging.getLogger("monitor.cli")
@@ -34,11 +36,22 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}; use a positive whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}; it must be positive")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sentinel-monitor",
         description="Score refusal sentinels for logged chat exchanges, store them, and flag users.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--config", metavar="PATH", help="TOML settings file (default: $SENTINEL_CONFIG)")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="overrides log_level")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -75,7 +88,7 @@ def _add_users_commands(commands: Any) -> None:
     users = commands.add_parser("users", help="per-user risk from PostgreSQL").add_subparsers(dest="action", required=True)
     top = users.add_parser("top", help="users with the most slip-throughs in the window")
     top.add_argument("--window", type=parse_duration, default=timedelta(hours=24), help="e.g. 1h, 24h, 7d (default 24h)")
-    top.add_argument("--limit", type=int, default=20, help="users to list (default 20)")
+    top.add_argument("--limit", type=positive_int, default=20, help="users to list (default 20)")
     top.add_argument("--json", action="store_true", help="print JSON")
     top.set_defaults(handler=_users_top)
     show = users.add_parser("show", help="one user's counts, flags and evidence")
@@ -84,6 +97,7 @@ def _add_users_commands(commands: Any) -> None:
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(handler=_users_show)
     flag = users.add_parser("flag", help="run the flag job once now")
+    flag.add_argument("--json", action="store_true", help="print JSON")
     flag.set_defaults(handler=_users_flag)
 
 
@@ -93,8 +107,8 @@ def _add_replay_command(commands: Any) -> None:
     replay = commands.add_parser("replay", help="produce public request/response files to the exchanges topic")
     replay.add_argument("path", metavar="PATH", help="a file, or a folder searched for files of the format")
     replay.add_argument("--format", required=True, choices=FORMATS, dest="replay_format")
-    replay.add_argument("--users", type=int, default=50, help="number of simulated users (default 50)")
-    replay.add_argument("--limit", type=int, default=None, help="produce at most this many messages")
+    replay.add_argument("--users", type=positive_int, default=50, help="number of simulated users (default 50)")
+    replay.add_argument("--limit", type=positive_int, default=None, help="produce at most this many messages")
     replay.add_argument(
         "--rebase-time",
         action="store_true",
@@ -126,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         handler: Callable[[argparse.Namespace, Settings], int] = args.handler
         return handler(args, settings)
-    except (ConfigError, InvalidExchangeError) as exc:
+    except (ConfigError, InvalidExchangeError, ReplayInputError) as exc:
         print(f"sentinel-monitor: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except SentinelMonitorError as exc:
@@ -142,7 +156,7 @@ def _model_pull(args: argparse.Namespace, settings: Settings) -> int:
     from monitor.model_store import pull_default_model
 
     path = pull_default_model(Path(settings.model.cache_dir), force=args.force)
-    print(path)
+    print(f"default model ready at {path}")
     return EXIT_OK
 
 
@@ -168,11 +182,11 @@ def _score(args: argparse.Namespace, settings: Settings) -> int:
     from monitor.model_store import load_scorer
     from monitor.offline import count_lines, score_stream
 
-    scorer = load_scorer(settings.model, settings)
     with ExitStack() as stack:
         source = _open_input(args.input, stack)
         sink = _open_output(args.output, stack)
         total = count_lines(args.input) if args.input != "-" else None
+        scorer = load_scorer(settings.model, settings)
         summary = score_stream(scorer, source, sink, total=total, show_progress=sys.stderr.isatty())
     logger.info("scored %d line(s), %d could not be scored", summary.scored, summary.failed)
     if summary.failed:
@@ -187,6 +201,8 @@ def _score(args: argparse.Namespace, settings: Settings) -> int:
 def _open_input(path: str, stack: ExitStack) -> IO[bytes]:
     if path == "-":
         return sys.stdin.buffer
+    if Path(path).is_dir():
+        raise ConfigError(f"cannot read --input {path}: it is a folder; give a JSON lines file or - for stdin")
     try:
         return stack.enter_context(open(path, "rb"))
     except OSError as exc:
@@ -236,8 +252,6 @@ def _db_stats(args: argparse.Namespace, settings: Settings) -> int:
 def _users_top(args: argparse.Namespace, settings: Settings) -> int:
     from monitor.users import top_users
 
-    if args.limit <= 0:
-        raise ConfigError(f"--limit must be positive, got {args.limit}")
     with _session(settings) as session:
         users = top_users(session, window=args.window, now=_now(), limit=args.limit)
     if args.json:
@@ -271,7 +285,15 @@ def _users_flag(args: argparse.Namespace, settings: Settings) -> int:
         result = run_flag_job(create_session_factory(engine=engine), settings.flags, now=_now())
     finally:
         engine.dispose()
-    print(json.dumps(result.as_json()))
+    if args.json:
+        print(json.dumps(result.as_json()))
+    elif result.status == "skipped":
+        print(f"flag job skipped: another replica holds the lock for rule {result.rule}")
+    else:
+        print(
+            f"rule {result.rule}: {result.users_over_threshold} user(s) over the threshold; "
+            f"flags created {result.created}, updated {result.updated}, unchanged {result.unchanged}"
+        )
     return EXIT_OK
 
 
@@ -279,8 +301,6 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from consumers.clients import build_producer, ensure_topics
     from consumers.producer import produce_messages
 
-    if args.users <= 0:
-        raise ConfigError(f"--users must be positive, got {args.users}")
     if args.rebase_time and args.replay_format != "jsonl":
         raise ConfigError("--rebase-time applies to --format jsonl; the other formats are stamped at replay time")
     files, messages = _replay_messages(Path(args.path), args.replay_format, args.users, args.limit, args.rebase_time)
@@ -293,8 +313,18 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         producer.close(timeout=10)
     print(f"produced {summary.sent} message(s) from {len(files)} file(s) to {settings.kafka.topic}")
+    if summary.not_json:
+        print(
+            f"sentinel-monitor: {summary.not_json} line(s) were not JSON objects; they were sent unchanged "
+            "and the daemon will dead-letter them",
+            file=sys.stderr,
+        )
     if summary.failed:
-        print(f"sentinel-monitor: {summary.failed} message(s) were not acknowledged", file=sys.stderr)
+        print(
+            f"sentinel-monitor: {summary.failed} message(s) were not sent; see the error above "
+            "(a message over the broker's size limit, or the broker unreachable)",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     return EXIT_OK
 
@@ -339,7 +369,14 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         stats = run_daemon(settings, options)
     except ShutdownRequested as exc:
         print(f"sentinel-monitor: {exc}", file=sys.stderr)
-        return EXIT_OK
+        return EXIT_FAILURE if args.until_caught_up else EXIT_OK
+    if args.until_caught_up and not stats.caught_up:
+        print(
+            f"sentinel-monitor: stopped before catching up; processed {stats.messages} message(s), "
+            "the rest stay on the topic for the next run",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     if args.until_caught_up:
         print(
             f"processed {stats.messages} message(s): stored {stats.stored}, already stored {stats.duplicates}, "
@@ -371,7 +408,9 @@ def _now() -> datetime:
 
 def _format_window(window: timedelta) -> str:
     seconds = int(window.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+    if seconds >= 2 * 86400 and seconds % 86400 == 0:
+        return f"{seconds // 86400}d"
+    for unit, size in (("h", 3600), ("m", 60)):
         if seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
@@ -379,39 +418,57 @@ def _format_window(window: timedelta) -> str:
 
 def _format_top(users: Sequence[Any], window: timedelta) -> str:
     rows = [u.as_json() for u in users]
-    lines = [f"users by slip-throughs in the last {_format_window(window)}:"]
-    lines.append(f"{'user':<28} {'exchanges':>9} {'slip-throughs':>13} {'max prob':>9}  flag")
+    table = [["user", "exchanges", "slip-throughs", "flag", "max probability among slip-throughs"]]
     for row in rows:
-        max_probs = row.get("max_prob_by_sentinel") or {}
-        top = max(max_probs.values(), default=None)
-        shown = f"{top:.3f}" if isinstance(top, float) else "-"
-        lines.append(
-            f"{row['user_id']:<28} {row['exchanges']:>9} {row['slip_throughs']:>13} {shown:>9}  {row.get('flag_status') or '-'}"
+        maxima = row.get("max_prob_by_sentinel") or {}
+        probabilities = " ".join(f"{name}={value:.3g}" for name, value in sorted(maxima.items())) or "-"
+        table.append(
+            [row["user_id"], str(row["exchanges"]), str(row["slip_throughs"]), row.get("flag_status") or "-", probabilities]
         )
-    return "\n".join(lines)
+    return f"users by slip-throughs in the last {_format_window(window)}:\n" + _render_table(table, right=(1, 2))
 
 
 def _format_detail(detail: dict[str, Any]) -> str:
     lines = [
         f"user {detail['user_id']}: {detail['exchanges']} exchange(s), {detail['slip_throughs']} slip-through(s), "
-        f"{detail['overrides']} override(s) between {detail['window_start']} and {detail['window_end']}",
+        f"{detail['overrides']} override(s) from {_short_time(detail['window_start'])} "
+        f"to {_short_time(detail['window_end'])}",
     ]
     for flag in detail["flags"]:
         lines.append(
             f"flag {flag['id']} [{flag['status']}] {flag['rule']}: {flag['slip_through_count']} slip-through(s), "
-            f"max probability {flag['max_prob']:.3f}, opened {flag['opened_at']}"
+            f"max probability {flag['max_prob']:.3g}, opened {_short_time(flag['opened_at'])}"
         )
     if not detail["flags"]:
         lines.append("no flags")
-    evidence = detail["evidence"]
-    if evidence:
-        lines.append(f"{'exchange':<48} {'created':<26} {'outcome':<9} probabilities (* = at or above threshold)")
-    for item in evidence:
+    if not detail["evidence"]:
+        return "\n".join(lines)
+    lines.append("slip-throughs (* = at or above the sentinel's threshold):")
+    table = [["exchange", "created", "outcome", "probabilities"]]
+    for item in detail["evidence"]:
         slipped = set(item["slip_through_sentinels"])
         probabilities = " ".join(
-            f"{name}={value:.4f}{'*' if name in slipped else ''}" for name, value in sorted(item["probabilities"].items())
+            f"{name}={value:.3g}{'*' if name in slipped else ''}" for name, value in sorted(item["probabilities"].items())
         )
-        lines.append(f"{item['id']:<48} {item['created_at'][:25]:<26} {item['outcome']:<9} {probabilities}")
+        table.append([item["id"], _short_time(item["created_at"]), item["outcome"], probabilities])
+    return "\n".join(lines) + "\n" + _render_table(table)
+
+
+def _short_time(value: str) -> str:
+    """Format an ISO timestamp to the second, in UTC: 2026-12-04 21:56:07Z."""
+    moment = datetime.fromisoformat(value).astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _render_table(rows: list[list[str]], right: tuple[int, ...] = ()) -> str:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(widths[column]) if column in right else cell.ljust(widths[column])
+            for column, cell in enumerate(row)
+        ]
+        lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from storage.migrate import current_revision, head_revision
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+EXIT_ON_SECOND_SIGNAL = 130
 
 
 class ShutdownRequested(SentinelMonitorError):
@@ -122,15 +124,19 @@ def _check_schema(settings: Settings) -> None:
 def _wait_for(
     action: Callable[[], T], transient: type[Exception], service: str, stop: threading.Event, settings: Settings
 ) -> T:
+    """Run `action` until it succeeds, retrying transient failures with backoff until a stop is requested."""
     delay = settings.kafka.retry_initial_s
-    while True:
+    while not stop.is_set():
         try:
             return action()
         except transient as exc:
+            if stop.is_set():
+                break
             logger.warning("%s is unavailable, retrying in %.1f s: %s", service, delay, exc)
         if stop.wait(delay):
-            raise ShutdownRequested(f"stopped while waiting for {service}")
+            break
         delay = min(settings.kafka.retry_max_s, delay * 2)
+    raise ShutdownRequested(f"stopped while waiting for {service}")
 
 
 def _install_signal_handlers(stop: threading.Event) -> None:
@@ -138,7 +144,13 @@ def _install_signal_handlers(stop: threading.Event) -> None:
         return
 
     def handle(signum: int, _frame: Any) -> None:
-        logger.info("received %s: finishing the current batch, committing and stopping", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            # Nothing is committed before it is durable, so exiting at once loses
+            # no message: the uncommitted ones are read again by the next run.
+            logger.warning("received %s again: exiting now without waiting for the current batch", name)
+            os._exit(EXIT_ON_SECOND_SIGNAL)
+        logger.info("received %s: finishing the current batch, committing and stopping", name)
         stop.set()
 
     signal.signal(signal.SIGTERM, handle)

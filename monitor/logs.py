@@ -7,7 +7,6 @@ import sys
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 NOISY_LIBRARIES = (
-    "kafka",
     "urllib3",
     "filelock",
     "apscheduler.executors",
@@ -31,3 +30,7 @@ def configure_logging(level: str) -> None:
     library_level = logging.DEBUG if level == "DEBUG" else logging.WARNING
     for name in NOISY_LIBRARIES:
         logging.getLogger(name).setLevel(library_level)
+    # kafka-python logs every failed connection attempt at ERROR, several lines
+    # per second during a broker outage. The loop logs each failed poll, commit
+    # or write itself with its backoff, so the library is heard only at DEBUG.
+    logging.getLogger("kafka").setLevel(logging.DEBUG if level == "DEBUG" else logging.CRITICAL)

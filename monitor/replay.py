@@ -29,7 +29,7 @@ FORMATS: tuple[ReplayFormat, ...] = ("xstest", "refusal-direction", "jsonl")
 
 
 class ReplayInputError(SentinelMonitorError):
-    """A replay file is missing, empty or not in the format it was said to be."""
+    """A replay file is missing, empty, or not in the format given with --format."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class ReplayMessage:
 
     key: str | None
     value: bytes
+    is_json_object: bool = True
 
 
 def assign_user(prompt: str, users: int) -> str:
@@ -65,6 +66,13 @@ def find_files(path: Path, replay_format: ReplayFormat) -> list[Path]:
 def read_xstest(path: Path, users: int, start: datetime) -> Iterator[Exchange]:
     """Read an XSTest CSV: completions files give the reply; the prompts file gives requests only."""
     model = "xstest/" + path.stem.removeprefix("xstest_v2_completions_")
+    try:
+        yield from _xstest_rows(path, model, users, start)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ReplayInputError(f"{path} is not a UTF-8 CSV file: {exc}") from exc
+
+
+def _xstest_rows(path: Path, model: str, users: int, start: datetime) -> Iterator[Exchange]:
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or "prompt" not in reader.fieldnames:
@@ -87,12 +95,14 @@ def read_refusal_direction(path: Path, users: int, start: datetime) -> Iterator[
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ReplayInputError(f"{path} is not valid JSON: {exc}") from exc
+        raise ReplayInputError(f"{path} is not valid UTF-8 JSON: {exc}") from exc
     completions = document.get("completions") if isinstance(document, dict) else None
     if not isinstance(completions, list):
         raise ReplayInputError(f"{path} has no 'completions' list; is it a refusal_direction evaluation file?")
     run = path.parent.parent.name  # runs/<model>/completions/<file>
     for number, item in enumerate(completions):
+        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+            raise ReplayInputError(f"{path}: completions[{number}] has no 'prompt' string")
         yield _exchange(
             exchange_id=f"refusal-direction:{run}:{path.stem}:{number}",
             prompt=item["prompt"],
@@ -110,15 +120,20 @@ def read_jsonl(path: Path) -> Iterator[ReplayMessage]:
         for raw in handle:
             line = raw.rstrip(b"\r\n")
             if line.strip():
-                yield ReplayMessage(key=_user_of(line), value=line)
+                document = _json_object(line)
+                yield ReplayMessage(key=_user_of(document), value=line, is_json_object=document is not None)
 
 
-def _user_of(line: bytes) -> str | None:
+def _json_object(line: bytes) -> dict[str, object] | None:
     try:
         document = json.loads(line)
     except (ValueError, UnicodeDecodeError):
         return None
-    if not isinstance(document, dict):
+    return document if isinstance(document, dict) else None
+
+
+def _user_of(document: dict[str, object] | None) -> str | None:
+    if document is None:
         return None
     request = document.get("request")
     for value in (document.get("user_id"), request.get("user") if isinstance(request, dict) else None):
@@ -161,7 +176,8 @@ def rebase_times(messages: list[ReplayMessage], newest: datetime) -> list[Replay
             continue
         document, moment = found
         _set_timestamp(document, moment + shift)
-        rebased.append(ReplayMessage(key=message.key, value=json.dumps(document, ensure_ascii=False).encode("utf-8")))
+        value = json.dumps(document, ensure_ascii=False).encode("utf-8")
+        rebased.append(ReplayMessage(key=message.key, value=value))
     return rebased
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tomllib
 import typing
@@ -26,8 +27,9 @@ DEFAULT_HOME = Path.home() / ".cache" / "sentinel-monitor"
 
 # Refusal prefixes the stock SmolLM2-135M-Instruct can score. Each threshold is
 # the 95th percentile of that probability over the 250 safe XSTest prompts, so
-# about 5% of benign prompts are at or above it; docs/scoring.md has the
-# measurement and why this model separates harmful from benign prompts poorly.
+# about 5% of benign prompts are at or above it. docs/scoring.md has the
+# measurement, and shows that this model separates harmful from benign prompts
+# poorly.
 DEFAULT_SENTINELS: tuple[Sentinel, ...] = (
     Sentinel(name="im_sorry", text="I'm sorry", threshold=0.02, severity="medium"),
     Sentinel(name="i_cant", text="I can't", threshold=0.0005, severity="medium"),
@@ -86,7 +88,14 @@ class KafkaSettings:
             "processing_timeout_s",
             "retry_initial_s",
             "retry_max_s",
+            "max_poll_interval_ms",
+            "session_timeout_ms",
+            "heartbeat_interval_ms",
+            "request_timeout_ms",
+            "max_message_bytes",
         )
+        _require_non_negative(self, "batch_max_wait_s")
+        _validate_bootstrap_servers(self.bootstrap_servers)
         if self.max_in_flight_messages < self.batch_max_messages:
             raise ConfigError(
                 f"kafka.max_in_flight_messages={self.max_in_flight_messages} is below "
@@ -160,6 +169,7 @@ class Settings:
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     def validate(self) -> "Settings":
+        _require_positive(self.database, "pool_size", "connect_timeout_s", "statement_timeout_ms")
         self.kafka.validate()
         self.scoring.validate()
         self.flags.validate()
@@ -170,7 +180,35 @@ def _require_positive(section: object, *names: str) -> None:
     for name in names:
         value = getattr(section, name)
         if value <= 0:
-            raise ConfigError(f"{type(section).__name__}.{name}={value!r} must be positive")
+            raise ConfigError(f"setting {_section_name(section)}.{name}={value!r} must be positive")
+
+
+def _require_non_negative(section: object, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        if value < 0:
+            raise ConfigError(f"setting {_section_name(section)}.{name}={value!r} must be zero or more")
+
+
+def _section_name(section: object) -> str:
+    names = {
+        KafkaSettings: "kafka",
+        DatabaseSettings: "database",
+        ModelSettings: "model",
+        ScoringSettings: "scoring",
+        FlagSettings: "flags",
+    }
+    return names.get(type(section), type(section).__name__)
+
+
+def _validate_bootstrap_servers(servers: str) -> None:
+    for server in servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(
+                f"setting kafka.bootstrap_servers={servers!r} is invalid: {server.strip()!r} is not host:port "
+                "with a port from 1 to 65535"
+            )
 
 
 def load_settings(config_path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -198,7 +236,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except FileNotFoundError as exc:
         raise ConfigError(f"configuration file not found: {path}") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"invalid TOML in {path}: {exc}") from exc
 
 
@@ -218,7 +258,7 @@ def _read_environment(env: Mapping[str, str]) -> dict[str, Any]:
 
 def _build(cls: type[Any], raw: Any, where: str) -> Any:
     if not isinstance(raw, dict):
-        raise ConfigError(f"setting {where or 'root'} must be a table, got {raw!r}")
+        raise ConfigError(f"setting {where.rstrip('.') or 'root'} must be a table, got {raw!r}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - known)
@@ -263,9 +303,12 @@ def _convert_scalar(hint: type[Any], value: Any, where: str) -> Any:
     if isinstance(value, bool) and hint is not str:
         raise ConfigError(f"setting {where}={value!r} must be a {hint.__name__}, not a boolean")
     try:
-        return hint(value)
+        converted = hint(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"setting {where}={value!r} is not a valid {hint.__name__}") from exc
+    if hint is float and not math.isfinite(converted):
+        raise ConfigError(f"setting {where}={value!r} must be a finite number")
+    return converted
 
 
 def _convert_sentinels(value: Any, where: str) -> tuple[Sentinel, ...]:

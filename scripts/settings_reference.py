@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from pathlib import Path
 
 from monitor.settings import ENV_PREFIX, Settings
 
@@ -20,7 +21,8 @@ def describe_default(field: dataclasses.Field[object]) -> str:
         value = field.default
         if isinstance(value, tuple):
             return "see below"
-        return f"`{value}`"
+        # Show the home folder as ~ so the page does not depend on who built it.
+        return f"`{str(value).replace(str(Path.home()), '~')}`"
     return ""
 
 

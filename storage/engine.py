@@ -7,8 +7,10 @@ from contextlib import contextmanager
 
 import sqlalchemy
 from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
+from monitor.errors import ConfigError
 from monitor.settings import DatabaseSettings
 from storage.errors import translate_errors
 
@@ -25,7 +27,7 @@ def create_engine(*, settings: DatabaseSettings) -> Engine:
     settings, and the pool tests a connection before lending it, so a restarted
     server costs one failed ping instead of one failed transaction.
     """
-    url = make_url(settings.url)
+    url = _parse_url(settings.url)
     return sqlalchemy.create_engine(
         url.difference_update_query(["options"]),
         pool_size=settings.pool_size,
@@ -39,6 +41,19 @@ def create_engine(*, settings: DatabaseSettings) -> Engine:
             "options": _connection_options(url, settings.statement_timeout_ms),
         },
     )
+
+
+def _parse_url(text: str) -> URL:
+    try:
+        url = make_url(text)
+    except ArgumentError as exc:
+        raise ConfigError(
+            f"setting database.url={text!r} is not a database URL; expected the form "
+            "postgresql+psycopg://USER@HOST:PORT/DATABASE"
+        ) from exc
+    if not url.drivername.startswith("postgresql"):
+        raise ConfigError(f"setting database.url uses {url.drivername!r}; Sentinel Monitor needs PostgreSQL (postgresql+psycopg)")
+    return url
 
 
 def create_session_factory(*, engine: Engine) -> sessionmaker[Session]:

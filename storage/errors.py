@@ -41,6 +41,14 @@ _TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
 _UNDEFINED_OBJECT_SQLSTATES = frozenset({"42P01", "42703"})
 
 
+_PERMANENT_CONNECT_MARKERS = (
+    "does not exist",
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "authentication failed",
+)
+
+
 def is_transient(exc: BaseException) -> bool:
     """Tell whether an SQLAlchemy or psycopg error is worth retrying with backoff."""
     if isinstance(exc, (sa_exc.DisconnectionError, sa_exc.TimeoutError)):
@@ -53,7 +61,12 @@ def is_transient(exc: BaseException) -> bool:
     sqlstate = original.sqlstate
     if sqlstate is None:
         # psycopg raises OperationalError without a SQLSTATE when it cannot
-        # connect at all (refused, timed out, unknown host).
+        # connect at all (refused, timed out, unknown host), and also when the
+        # server rejects the connection for good: an unknown database or role,
+        # or failed authentication, which no retry will fix.
+        message = str(original).lower()
+        if any(marker in message for marker in _PERMANENT_CONNECT_MARKERS):
+            return False
         return isinstance(original, psycopg.OperationalError)
     return sqlstate in _TRANSIENT_SQLSTATES or sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
 
@@ -74,7 +87,16 @@ def translate_error(exc: sa_exc.SQLAlchemyError | psycopg.Error, action: str, ur
             f"failed to {action}: the schema of PostgreSQL at {where} is missing a table or column ({reason}). "
             "Run `sentinel-monitor db upgrade` to apply the migrations."
         )
-    return StorageError(f"failed to {action} in PostgreSQL at {where}: {reason}")
+    return StorageError(
+        f"failed to {action} in PostgreSQL at {where}: {reason}. Check database.url "
+        "(SENTINEL_DATABASE__URL): the database and role must exist and accept this connection."
+        if _is_connect_error(original)
+        else f"failed to {action} in PostgreSQL at {where}: {reason}"
+    )
+
+
+def _is_connect_error(original: BaseException) -> bool:
+    return isinstance(original, psycopg.OperationalError) and original.sqlstate is None
 
 
 @contextmanager

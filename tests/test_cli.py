@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,8 +25,11 @@ from tests.storage.factories import HIGH, LOW, SENTINELS, scored_exchange
 __all__ = ["database_engine", "database_settings", "session_factory"]
 
 
-def run_cli(database: DatabaseSettings | None, *args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    database: DatabaseSettings | None, *args: str, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")}
+    env.update(extra_env or {})
     if database is not None:
         env["SENTINEL_DATABASE__URL"] = database.url
     env["SENTINEL_SCORING__SENTINELS"] = json.dumps(
@@ -61,7 +65,7 @@ def test_invalid_setting_exits_with_usage_error() -> None:
     assert "kafka.max_poll_records='lots' is not a valid int" in result.stderr
 
 
-def test_replay_rejects_rebase_time_for_csv(tmp_path: object) -> None:
+def test_replay_rejects_rebase_time_for_csv() -> None:
     result = run_cli(None, "replay", str(REPO_ROOT), "--format", "xstest", "--rebase-time")
     assert result.returncode == 2
     assert "--rebase-time applies to --format jsonl" in result.stderr
@@ -79,9 +83,11 @@ def test_users_commands_read_stored_exchanges(
     with transaction(session_factory, "seed") as session:
         repository.save_batch(session, items)
 
-    flagged = run_cli(database_settings, "users", "flag")
+    flagged = run_cli(database_settings, "users", "flag", "--json")
     assert flagged.returncode == 0, flagged.stderr
     assert json.loads(flagged.stdout)["created"] == 1
+    again = run_cli(database_settings, "users", "flag")
+    assert "flags created 0, updated 0, unchanged 1" in again.stdout
 
     top = run_cli(database_settings, "users", "top", "--window", "1h", "--json")
     assert top.returncode == 0, top.stderr
@@ -111,3 +117,38 @@ def test_db_upgrade_is_idempotent(database_settings: DatabaseSettings) -> None:
         result = run_cli(database_settings, "db", "upgrade")
         assert result.returncode == 0, result.stderr
         assert "schema at revision 0001" in result.stdout
+
+
+def test_replay_rejects_non_positive_limit() -> None:
+    result = run_cli(None, "replay", str(REPO_ROOT), "--format", "jsonl", "--limit", "-1")
+    assert result.returncode == 2
+    assert "invalid number '-1'" in result.stderr
+
+
+def test_replay_of_binary_file_as_csv_is_an_input_error(tmp_path: Path) -> None:
+    garbage = tmp_path / "xstest_v2_completions_garbage.csv"
+    garbage.write_bytes(bytes(range(256)) * 8)
+    result = run_cli(None, "replay", str(garbage), "--format", "xstest")
+    assert result.returncode == 2
+    assert "is not a UTF-8 CSV file" in result.stderr
+
+
+@pytest.mark.kafka
+def test_replay_keeps_going_past_an_oversized_line(tmp_path: Path) -> None:
+    from tests.consumers.harness import read_topic, require_kafka, unique_kafka_settings
+
+    require_kafka()
+    kafka = unique_kafka_settings()
+    source = tmp_path / "in.jsonl"
+    small = json.dumps({"user_id": "u", "id": "a"})
+    huge = json.dumps({"user_id": "u", "id": "b", "pad": "x" * 2_000_000})
+    source.write_text("\n".join([small, huge, "not json", small]) + "\n", encoding="utf-8")
+    env = {"SENTINEL_KAFKA__TOPIC": kafka.topic, "SENTINEL_KAFKA__DEAD_LETTER_TOPIC": kafka.dead_letter_topic}
+
+    result = run_cli(None, "replay", str(source), "--format", "jsonl", extra_env=env)
+
+    assert result.returncode == 1
+    assert "produced 3 message(s)" in result.stdout
+    assert "1 message(s) were not sent" in result.stderr
+    assert "1 line(s) were not JSON objects" in result.stderr
+    assert len(read_topic(kafka.topic, expected=3)) == 3

@@ -62,6 +62,13 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
         ({"SENTINEL_MODEL__DEVICE": "tpu"}, "choose one of"),
         ({"SENTINEL_DATABASE__STORE_RAW_TEXT": "maybe"}, "not a boolean"),
         ({"SENTINEL_KAFKA__PROCESSING_TIMEOUT_S": "0"}, "must be positive"),
+        ({"SENTINEL_KAFKA__BATCH_MAX_WAIT_S": "nan"}, "finite number"),
+        ({"SENTINEL_KAFKA__BATCH_MAX_WAIT_S": "inf"}, "finite number"),
+        ({"SENTINEL_KAFKA__BATCH_MAX_WAIT_S": "-1"}, "zero or more"),
+        ({"SENTINEL_KAFKA__BOOTSTRAP_SERVERS": "nohostport"}, "not host:port"),
+        ({"SENTINEL_KAFKA__BOOTSTRAP_SERVERS": "a:9092,b:99999"}, "'b:99999' is not host:port"),
+        ({"SENTINEL_FLAGS__WINDOW_S": "0"}, "flags.window_s=0 must be positive"),
+        ({"SENTINEL_DATABASE__POOL_SIZE": "0"}, "database.pool_size=0 must be positive"),
         ({"SENTINEL_KAFKA__MAX_IN_FLIGHT_MESSAGES": "10"}, "could never fill"),
         ({"SENTINEL_SCORING__SENTINELS": "[]"}, "no sentinels"),
         ({"SENTINEL_SCORING__SENTINELS": '[{"name": "a", "text": "x", "threshold": 1.5}]'}, "threshold"),
@@ -77,6 +84,18 @@ def test_invalid_settings_explain_themselves(environ: dict[str, str], message: s
 def test_missing_config_file_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "absent.toml", environ={})
+
+
+def test_config_path_that_is_a_folder_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read configuration file"):
+        load_settings(tmp_path, environ={})
+
+
+def test_section_that_is_not_a_table_is_reported(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("kafka = 5\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="setting kafka must be a table"):
+        load_settings(config, environ={})
 
 
 def test_invalid_toml_is_reported(tmp_path: Path) -> None:

@@ -45,6 +45,7 @@ def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
 def load_model(path: Path, *, device: str = "auto", dtype: str = "auto") -> LoadedModel:
     """Load a Hugging Face model directory for scoring, in eval mode on the chosen device."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
     if not (path / "config.json").is_file():
         raise ModelError(
@@ -53,11 +54,15 @@ def load_model(path: Path, *, device: str = "auto", dtype: str = "auto") -> Load
         )
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    # A safetensors directory loads in about a second; its progress bar is noise.
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa")
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"could not load the model at {path}: {exc}") from exc
+    finally:
+        transformers_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
     model = model.to(torch_device).eval()  # type: ignore[arg-type]
     identity = compute_identity(path, tokenizer)
     logger.info(

@@ -12,6 +12,7 @@ import json
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -59,6 +60,7 @@ CLEAN_SHUTDOWN_S = 20.0
 # group may each wait COMMIT_TIMEOUT_MS, and closing the producer up to 10 s.
 BROKER_DOWN_SHUTDOWN_S = 3 * COMMIT_TIMEOUT_MS / 1000 + 10
 
+_CLI = [sys.executable, "-m", "monitor.cli"]
 _CAUGHT_UP_SUMMARY = re.compile(r"processed (\d+) message\(s\): stored (\d+), already stored (\d+), dead-lettered (\d+)")
 
 
@@ -481,3 +483,41 @@ def test_second_replica_joins_mid_run(
             assert code == 0, replica.tail()
     finally:
         second.close()
+
+
+@pytest.mark.slow
+@pytest.mark.datasets
+def test_public_replay_survives_sigkill(
+    daemon_factory: Callable[..., tuple[Daemon, KafkaSettings]],
+    session_factory: sessionmaker[Session],
+    public_datasets: Path,
+) -> None:
+    # The public XSTest and refusal-direction files, replayed by the real
+    # `replay` command, then a SIGKILL mid-run: each exchange still ends up
+    # stored and scored exactly once.
+    daemon, kafka = daemon_factory(batch_max_messages=20)
+    sources = [
+        (public_datasets / "xstest", "xstest"),
+        (public_datasets / "refusal_direction" / "runs", "refusal-direction"),
+    ]
+    for path, replay_format in sources:
+        result = subprocess.run(
+            [*_CLI, "replay", str(path), "--format", replay_format, "--limit", "150"],
+            cwd=REPO_ROOT, env=daemon.env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "produced 150 message(s)" in result.stdout
+    total = 300
+
+    daemon.start()
+    daemon.wait_for(lambda: rows(session_factory) >= 40, START_TIMEOUT_S, "40 stored rows")
+    daemon.kill()
+    at_kill = rows(session_factory)
+    assert at_kill < total, f"the SIGKILL did not land mid-run: {at_kill} rows\n{daemon.tail()}"
+
+    processed, stored_now, duplicates, dead_lettered = daemon.run_until_caught_up()
+    assert dead_lettered == 0
+    assert stored(session_factory) == (total, 0), daemon.tail()
+    assert committed_total(kafka) == total
+    assert stored_now + at_kill == total
+    assert processed == stored_now + duplicates
