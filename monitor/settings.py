@@ -137,7 +137,10 @@ class ScoringSettings:
         "Longer prompts lose their oldest turns (the system prompt and last user turn are kept).", default=2048
     )
     batch_max_tokens: int = _doc("Padded tokens per forward pass (rows x longest row).", default=8192)
-    batch_max_rows: int = _doc("Prompts per forward pass.", default=64)
+    batch_max_rows: int = _doc(
+        "Prompts per forward pass. 16 was fastest on a 2-core CPU (docs/benchmarks.md); a GPU likely wants more.",
+        default=16,
+    )
 
     def validate(self) -> None:
         validate_sentinel_set(self.sentinels)
