@@ -63,9 +63,14 @@ def decode_json_object(value: bytes | None, max_bytes: int) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise InvalidExchangeError("invalid_json", f"message is not valid JSON: {exc.msg} at position {exc.pos}") from exc
     if not isinstance(document, dict):
-        raise InvalidExchangeError("not_an_object", f"message is a JSON {type(document).__name__}, not an object")
+        raise InvalidExchangeError("not_an_object", f"message is a JSON {_json_type(document)}, not an object")
     _reject_nul(document, "$")
     return document
+
+
+def _json_type(value: Any) -> str:
+    names = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string", list: "array"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _reject_nul(node: Any, path: str) -> None:
