@@ -30,6 +30,18 @@ def model_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Path:
+    """A tiny random model with the real tokenizer, saved as a model directory a subprocess can load."""
+    from tests.scoring.factories import load_tokenizer, tiny_model
+
+    directory = tmp_path_factory.mktemp("tiny-model")
+    tokenizer = load_tokenizer(model_path)
+    tiny_model(tokenizer).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
 def public_datasets() -> Path:
     path = datasets_dir()
     if not path.is_dir():

@@ -8,24 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import REPO_ROOT
-from tests.scoring.factories import load_tokenizer, tiny_model
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Path:
-    directory = tmp_path_factory.mktemp("tiny-offline")
-    tokenizer = load_tokenizer(model_path)
-    tiny_model(tokenizer).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
-def run_score(tiny_dir: Path, stdin: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
+def run_score(tiny_model_dir: Path, stdin: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")}
-    env["SENTINEL_MODEL__PATH"] = str(tiny_dir)
+    env["SENTINEL_MODEL__PATH"] = str(tiny_model_dir)
     return subprocess.run(
         [sys.executable, "-m", "monitor.cli", "--log-level", "WARNING", "score", *args],
         input=stdin, capture_output=True, cwd=REPO_ROOT, env=env, timeout=300, check=False,
@@ -43,10 +31,10 @@ def exchange_line(identifier: str, text: str) -> str:
     )  # fmt: skip
 
 
-def test_score_writes_one_line_per_input_in_order(tiny_dir: Path) -> None:
+def test_score_writes_one_line_per_input_in_order(tiny_model_dir: Path) -> None:
     lines = [json.dumps({"id": f"p{i}", "prompt": "word " * (i * 37 % 90 + 1)}) for i in range(30)]
     lines.insert(5, exchange_line("ex-a", "How do I bake bread?"))
-    result = run_score(tiny_dir, ("\n".join(lines) + "\n").encode())
+    result = run_score(tiny_model_dir, ("\n".join(lines) + "\n").encode())
     assert result.returncode == 0, result.stderr.decode()
     rows = [json.loads(line) for line in result.stdout.decode().splitlines()]
     assert [row["id"] for row in rows] == [json.loads(line)["id"] for line in lines]
@@ -58,7 +46,7 @@ def test_score_writes_one_line_per_input_in_order(tiny_dir: Path) -> None:
             assert 0.0 <= value["prob"] <= 1.0
 
 
-def test_score_reports_bad_lines_and_keeps_going(tiny_dir: Path, tmp_path: Path) -> None:
+def test_score_reports_bad_lines_and_keeps_going(tiny_model_dir: Path, tmp_path: Path) -> None:
     source = tmp_path / "in.jsonl"
     output = tmp_path / "out.jsonl"
     source.write_text(
@@ -66,7 +54,7 @@ def test_score_reports_bad_lines_and_keeps_going(tiny_dir: Path, tmp_path: Path)
                    json.dumps({"id": "ok-2", "prompt": "bye"})]) + "\n",
         encoding="utf-8",
     )  # fmt: skip
-    result = run_score(tiny_dir, b"", "--input", str(source), "--output", str(output))
+    result = run_score(tiny_model_dir, b"", "--input", str(source), "--output", str(output))
     assert result.returncode == 1
     assert b"2 line(s) could not be scored" in result.stderr
     rows = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
@@ -77,8 +65,8 @@ def test_score_reports_bad_lines_and_keeps_going(tiny_dir: Path, tmp_path: Path)
     assert "sentinels" in rows[3]
 
 
-def test_score_missing_input_file_is_a_usage_error(tiny_dir: Path, tmp_path: Path) -> None:
-    result = run_score(tiny_dir, b"", "--input", str(tmp_path / "absent.jsonl"))
+def test_score_missing_input_file_is_a_usage_error(tiny_model_dir: Path, tmp_path: Path) -> None:
+    result = run_score(tiny_model_dir, b"", "--input", str(tmp_path / "absent.jsonl"))
     assert result.returncode == 2
     assert b"cannot read --input" in result.stderr
 
