@@ -29,6 +29,7 @@ from consumers.offsets import merge_offsets
 from consumers.processor import BatchProcessor, BatchResult
 from consumers.records import Encoder, InboundRecord, inbound_record
 from consumers.retry import RetryCancelled
+from monitor.guard import InputGuard
 from monitor.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class LoopStats:
     duplicates: int = 0
     dead_lettered: int = 0
     slip_throughs: int = 0
+    injection_attempts: int = 0
     abandoned_batches: int = 0
     caught_up: bool = False
     committed: dict[TopicPartition, int] = field(default_factory=dict)
@@ -73,12 +75,14 @@ class ConsumerLoop:
         encode: Encoder,
         settings: KafkaSettings,
         stop: threading.Event,
+        guard: InputGuard | None = None,
     ) -> None:
         self._consumer = consumer
         self._processor = processor
         self._encode = encode
         self._settings = settings
         self._stop = stop
+        self._guard = guard
         self._builder = BatchBuilder(settings)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sentinel-batch")
         self._running: RunningBatch | None = None
@@ -114,7 +118,8 @@ class ConsumerLoop:
 
         # 2. Decode, validate and tokenize each message into the open batch.
         for message in messages:
-            self._builder.add(inbound_record(message, self._encode, self._settings.max_message_bytes))
+            record = inbound_record(message, self._encode, self._settings.max_message_bytes, guard=self._guard)
+            self._builder.add(record)
 
         # 3. Collect the finished batch: its offsets join those waiting to be committed.
         self._collect()
@@ -191,12 +196,13 @@ class ConsumerLoop:
         stats.duplicates += result.duplicates
         stats.dead_lettered += result.dead_lettered
         stats.slip_throughs += result.slip_throughs
+        stats.injection_attempts += result.injection_attempts
         timings = " ".join(f"{name}={value:.3f}" for name, value in result.timings.items())
         logger.info(
-            "batch done: messages=%d stored=%d duplicates=%d dead_lettered=%d slip_throughs=%d tokens=%d "
-            "wall_s=%.3f %s",
+            "batch done: messages=%d stored=%d duplicates=%d dead_lettered=%d slip_throughs=%d "
+            "injection_attempts=%d tokens=%d wall_s=%.3f %s",
             result.messages, result.stored, result.duplicates, result.dead_lettered, result.slip_throughs,
-            result.tokens, elapsed_s, timings,
+            result.injection_attempts, result.tokens, elapsed_s, timings,
         )  # fmt: skip
         if elapsed_s > self._settings.processing_timeout_s:
             logger.warning(

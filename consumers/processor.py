@@ -42,6 +42,7 @@ class BatchResult:
     slip_throughs: int
     tokens: int
     timings: dict[str, float] = field(default_factory=dict)
+    injection_attempts: int = 0
 
 
 class BatchProcessor:
@@ -87,6 +88,7 @@ class BatchProcessor:
             slip_throughs=sum(1 for s in scored if s.slip_throughs),
             tokens=batch.tokens,
             timings=timings,
+            injection_attempts=sum(len(s.injection_findings) for s in scored),
         )
 
     def _score(
@@ -114,7 +116,9 @@ class BatchProcessor:
         assert record.exchange is not None
         sentinels = self._scorer.sentinels
         outcome = detect_outcome(record.exchange, sentinels)
-        return assess(record.exchange, score, outcome, sentinels, position=record.position)
+        return assess(
+            record.exchange, score, outcome, sentinels, position=record.position, injection_findings=record.findings
+        )
 
     def _retry(
         self, action: Callable[[], T], transient: type[Exception], what: str, cancelled: threading.Event

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from monitor.errors import InvalidExchangeError, ScoringError
 from monitor.exchange import Exchange
+from monitor.guard import InjectionFinding, InputGuard
 from monitor.policy import KafkaPosition
 from monitor.scoring.prompts import EncodedPrompt
 from monitor.wire import decode_exchange
+
+logger = logging.getLogger(__name__)
 
 Encoder = Callable[[Exchange], EncodedPrompt]
 
 
 @dataclass(frozen=True)
 class InboundRecord:
-    """One polled message. Exactly one of (`exchange`, `prompt`) and `reason` is set."""
+    """One polled message. Exactly one of (`exchange`, `prompt`) and `reason` is set.
+
+    `exchange` is the exchange as received. `prompt` encodes the copy in which
+    the guard neutralised the sentinels listed in `findings`.
+    """
 
     position: KafkaPosition
     key: bytes | None
@@ -26,6 +34,7 @@ class InboundRecord:
     prompt: EncodedPrompt | None = None
     reason: str | None = None
     error: str | None = None
+    findings: tuple[InjectionFinding, ...] = ()
 
     @property
     def is_valid(self) -> bool:
@@ -36,8 +45,15 @@ class InboundRecord:
         return len(self.prompt.ids) if self.prompt is not None else 0
 
 
-def inbound_record(message: Any, encode: Encoder, max_bytes: int) -> InboundRecord:
-    """Decode, validate and tokenize one kafka-python ConsumerRecord."""
+def inbound_record(
+    message: Any, encode: Encoder, max_bytes: int, *, guard: InputGuard | None = None
+) -> InboundRecord:
+    """Decode, validate, guard and tokenize one kafka-python ConsumerRecord.
+
+    With a `guard`, sentinels written into user-controlled messages are
+    replaced by a neutral marker before encoding, so only the neutralised copy
+    is scored, and are kept as the record's findings.
+    """
     position = KafkaPosition(message.topic, message.partition, message.offset)
     headers = tuple((name, value or b"") for name, value in (message.headers or ()))
     base = {"position": position, "key": message.key, "value": message.value, "headers": headers}
@@ -45,8 +61,18 @@ def inbound_record(message: Any, encode: Encoder, max_bytes: int) -> InboundReco
         exchange = decode_exchange(message.value, max_bytes=max_bytes)
     except InvalidExchangeError as exc:
         return InboundRecord(**base, reason=exc.reason, error=str(exc))
+    scored_copy = exchange
+    findings: tuple[InjectionFinding, ...] = ()
+    if guard is not None:
+        checked = guard.check(exchange.messages)
+        if checked.findings:
+            scored_copy, findings = replace(exchange, messages=checked.messages), checked.findings
+            logger.debug(
+                "exchange %s: %d injection finding(s) neutralised for scoring (topic=%s partition=%d offset=%d)",
+                exchange.id, len(findings), position.topic, position.partition, position.offset,
+            )  # fmt: skip
     try:
-        prompt = encode(exchange)
+        prompt = encode(scored_copy)
     except ScoringError as exc:
         return InboundRecord(**base, reason="unscorable", error=str(exc))
-    return InboundRecord(**base, exchange=exchange, prompt=prompt)
+    return InboundRecord(**base, exchange=exchange, prompt=prompt, findings=findings)

@@ -13,9 +13,13 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Sequence
 
 from monitor import __version__
+from monitor.consistency_cli import add_consistency_command
 from monitor.errors import ConfigError, InvalidExchangeError, SentinelMonitorError
 from monitor.logs import configure_logging
+from monitor.probe import add_probe_command
 from monitor.replay import ReplayInputError
+from monitor.training.commands import add_training_commands
+from monitor.training.data import DatasetError
 from monitor.settings import Settings, load_settings
 
 logger = logging.getLogger("monitor.cli")
@@ -81,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_users_commands(commands)
     _add_replay_command(commands)
     _add_run_command(commands)
+    add_training_commands(commands)
+    add_consistency_command(commands)
+    add_probe_command(commands)
     return parser
 
 
@@ -140,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         handler: Callable[[argparse.Namespace, Settings], int] = args.handler
         return handler(args, settings)
-    except (ConfigError, InvalidExchangeError, ReplayInputError) as exc:
+    except (ConfigError, InvalidExchangeError, ReplayInputError, DatasetError) as exc:
         print(f"sentinel-monitor: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except SentinelMonitorError as exc:

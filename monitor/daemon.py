@@ -17,9 +17,12 @@ from consumers.errors import BrokerUnavailableError
 from consumers.loop import ConsumerLoop, LoopStats
 from consumers.processor import BatchProcessor
 from monitor.errors import ConfigError, SentinelMonitorError
+from monitor.exchange import Exchange
+from monitor.guard import InputGuard, sentinel_token_ids
 from monitor.jobs.flag_users import run_flag_job
 from monitor.jobs.scheduler import build_scheduler
 from monitor.model_store import load_scorer
+from monitor.scoring.prompts import EncodedPrompt
 from monitor.scoring.scorer import Scorer
 from monitor.policy import ScoredExchange
 from monitor.settings import Settings
@@ -64,7 +67,12 @@ def build_pipeline(
     consumer = _wait_for(lambda: build_consumer(kafka), BrokerUnavailableError, "Kafka", stop, settings)
     dead_letters = DeadLetterWriter(producer, kafka.dead_letter_topic, timeout_s=kafka.request_timeout_ms / 1000)
     processor = BatchProcessor(scorer, make_persist(session_factory, settings), dead_letters, kafka)
-    loop = ConsumerLoop(consumer, processor, lambda exchange: scorer.encode(exchange.messages), kafka, stop)
+    guard = InputGuard(scorer.sentinels, sentinel_token_ids(scorer.loaded.tokenizer, scorer.sentinels))
+
+    def encode(exchange: Exchange) -> EncodedPrompt:
+        return scorer.encode(exchange.messages)
+
+    loop = ConsumerLoop(consumer, processor, encode, kafka, stop, guard=guard)
     return loop, producer
 
 

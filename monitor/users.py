@@ -38,6 +38,7 @@ class UserRisk:
     exchanges: int
     slip_throughs: int
     overrides: int
+    injection_attempts: int
     max_prob: float
     max_prob_by_sentinel: dict[str, float]
     flag_status: str | None
@@ -48,6 +49,7 @@ class UserRisk:
             "exchanges": self.exchanges,
             "slip_throughs": self.slip_throughs,
             "overrides": self.overrides,
+            "injection_attempts": self.injection_attempts,
             "max_prob": self.max_prob,
             "max_prob_by_sentinel": dict(self.max_prob_by_sentinel),
             "flag_status": self.flag_status,
@@ -124,6 +126,7 @@ class UserDetail:
     exchanges: int
     slip_throughs: int
     overrides: int
+    injection_attempts: int
     flags: tuple[FlagSummary, ...]
     evidence: tuple[EvidenceExchange, ...]
 
@@ -135,6 +138,7 @@ class UserDetail:
             "exchanges": self.exchanges,
             "slip_throughs": self.slip_throughs,
             "overrides": self.overrides,
+            "injection_attempts": self.injection_attempts,
             "flags": [flag.as_json() for flag in self.flags],
             "evidence": [exchange.as_json() for exchange in self.evidence],
         }
@@ -164,6 +168,7 @@ def top_users(session: Session, *, window: timedelta, now: datetime, limit: int)
             exchanges=counts[total.user_id].exchanges,
             slip_throughs=total.slip_throughs,
             overrides=counts[total.user_id].overrides,
+            injection_attempts=counts[total.user_id].injection_attempts,
             max_prob=total.max_prob,
             max_prob_by_sentinel=maxima.get(total.user_id, {}),
             flag_status=flag_status.get(total.user_id),
@@ -195,6 +200,7 @@ def show_user(session: Session, user_id: str, *, window: timedelta, now: datetim
         exchanges=counts.exchanges if counts else 0,
         slip_throughs=counts.slip_throughs if counts else 0,
         overrides=counts.overrides if counts else 0,
+        injection_attempts=counts.injection_attempts if counts else 0,
         flags=tuple(_flag_summary(flag) for flag in flags),
         evidence=tuple(_evidence(summary) for summary in evidence if summary.user_id == user_id),
     )

@@ -54,6 +54,7 @@ class ExchangeCounts:
     exchanges: int
     slip_throughs: int
     overrides: int
+    injection_attempts: int = 0
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ def count_user_exchanges(session: Session, user_ids: Sequence[str], window: Time
             func.count(),
             func.count().filter(flaggable),
             func.count().filter(ExchangeRecord.override_trusted),
+            func.coalesce(func.sum(ExchangeRecord.injection_attempts), 0),
         )
         .where(
             equals_any(ExchangeRecord.user_id, user_ids),
@@ -138,7 +140,10 @@ def count_user_exchanges(session: Session, user_ids: Sequence[str], window: Time
     )
     with translate_errors("count exchanges per user", session):
         rows = session.execute(query).all()
-    return {row[0]: ExchangeCounts(exchanges=row[1], slip_throughs=row[2], overrides=row[3]) for row in rows}
+    return {
+        row[0]: ExchangeCounts(exchanges=row[1], slip_throughs=row[2], overrides=row[3], injection_attempts=int(row[4]))
+        for row in rows
+    }
 
 
 def max_slip_through_probs(

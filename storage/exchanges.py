@@ -96,6 +96,8 @@ class ExchangeRepository:
             "kafka_offset": position.offset if position is not None else None,
             "slip_through": bool(item.slip_throughs),
             "max_slip_prob": _max_slip_prob(item),
+            "injection_attempts": len(item.injection_findings),
+            "injection_findings": [finding.as_json() for finding in item.injection_findings] or None,
         }
         return {key: clean_value(value) for key, value in row.items()}
 

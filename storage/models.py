@@ -57,7 +57,10 @@ class ExchangeRecord(Base):
     `messages` and `reply` are NULL when database.store_raw_text is false.
     `slip_through` is true when at least one sentinel slipped through, which the
     policy only allows for answered exchanges, and `max_slip_prob` is the
-    highest probability among those sentinels.
+    highest probability among those sentinels. `injection_attempts` counts the
+    sentinels found in user-controlled messages, and `injection_findings` lists
+    them (sentinel, message index, role, disguises, character span, never the
+    text), or is NULL when there were none.
     """
 
     __tablename__ = "exchanges"
@@ -65,6 +68,8 @@ class ExchangeRecord(Base):
         CheckConstraint(_one_of("outcome_kind", OUTCOME_KINDS), name="outcome_kind"),
         CheckConstraint(_one_of("outcome_decided_by", OUTCOME_DECIDERS), name="outcome_decided_by"),
         Index("ix_exchanges_user_id_created_at", "user_id", "created_at"),
+        # The newest exchanges of all users (the consistency report).
+        Index("ix_exchanges_created_at", "created_at"),
         # Slip-throughs that count towards user flags, by time: the flag job and
         # the user ranking read only this index.
         Index(
@@ -100,6 +105,8 @@ class ExchangeRecord(Base):
     kafka_offset: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     slip_through: Mapped[bool] = mapped_column(Boolean, nullable=False)
     max_slip_prob: Mapped[float | None] = mapped_column(Double, nullable=True)
+    injection_attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    injection_findings: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB, nullable=True)
 
     scores: Mapped[list[ScoreRecord]] = relationship(back_populates="exchange", lazy="raise")
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from monitor.settings import DEFAULT_SENTINELS
 from tests.conftest import REPO_ROOT
 
 
@@ -40,7 +41,7 @@ def test_score_writes_one_line_per_input_in_order(tiny_model_dir: Path) -> None:
     assert [row["id"] for row in rows] == [json.loads(line)["id"] for line in lines]
     for row in rows:
         assert set(row) == {"id", "sentinels", "truncated"}
-        assert set(row["sentinels"]) == {"im_sorry", "i_cant"}
+        assert set(row["sentinels"]) == {s.name for s in DEFAULT_SENTINELS}
         for value in row["sentinels"].values():
             assert value["logprob"] <= 0.0
             assert 0.0 <= value["prob"] <= 1.0

@@ -25,6 +25,8 @@ from apscheduler.events import (
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from monitor.jobs.consistency_report import JOB_NAME as CONSISTENCY_JOB_NAME
+from monitor.jobs.consistency_report import run_consistency_job
 from monitor.jobs.flag_users import JOB_NAME as FLAG_JOB_NAME
 from monitor.jobs.flag_users import run_flag_job
 from monitor.settings import Settings
@@ -76,8 +78,11 @@ def guarded(job: str, function: Callable[[], object], counters: JobCounters) -> 
 def build_scheduler(
     settings: Settings, session_factory: SessionFactory, *, counters: JobCounters | None = None
 ) -> BackgroundScheduler:
-    """Build a scheduler, not yet started, that runs the flag job at start and every `flags.interval_s` seconds.
+    """Build a scheduler, not yet started, that runs the flag job and the consistency report job.
 
+    The flag job runs at start and every `flags.interval_s` seconds. The
+    consistency report job first runs `consistency.interval_s` seconds after
+    start, then at that interval, so that it does not add to the start-up load.
     A tick that finds the previous run still going is skipped (`max_instances=1`),
     and ticks missed while the process was busy run once (`coalesce=True`).
     """
@@ -99,6 +104,23 @@ def build_scheduler(
         coalesce=True,
         replace_existing=True,
         next_run_time=datetime.now(timezone.utc),
+    )
+
+    consistency_settings = settings.consistency
+    sentinels = settings.scoring.sentinels
+    scheduler.add_job(
+        guarded(
+            CONSISTENCY_JOB_NAME,
+            lambda: run_consistency_job(session_factory, consistency_settings, sentinels),
+            counters,
+        ),
+        trigger=IntervalTrigger(seconds=consistency_settings.interval_s, timezone=timezone.utc),
+        id=CONSISTENCY_JOB_NAME,
+        name=CONSISTENCY_JOB_NAME,
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=consistency_settings.interval_s,
+        replace_existing=True,
     )
     return scheduler
 

@@ -26,6 +26,7 @@ class Scorer:
     """Scores conversations against the configured sentinels with one causal language model."""
 
     def __init__(self, loaded: LoadedModel, sentinels: Sequence[Sentinel], settings: ScoringSettings) -> None:
+        self._loaded = loaded
         self._model = loaded.model
         self._device = loaded.device
         self._identity = loaded.identity
@@ -35,6 +36,11 @@ class Scorer:
         self._layout = SentinelLayout(tuple(_sentinel_ids(loaded.tokenizer, s) for s in self._sentinels))
         self._pad_id = _pad_id(loaded.tokenizer)
         self._base, self._head = _split_model(self._model)
+
+    @property
+    def loaded(self) -> LoadedModel:
+        """The model, tokenizer and device this scorer runs on, for generation with the same weights."""
+        return self._loaded
 
     @property
     def identity(self) -> ScorerIdentity:
@@ -126,6 +132,12 @@ def _sentinel_ids(tokenizer: Any, sentinel: Sentinel) -> tuple[int, ...]:
     ids = tuple(tokenizer(sentinel.text, add_special_tokens=False)["input_ids"])
     if not ids:
         raise ScoringError(f"sentinel {sentinel.name!r} text {sentinel.text!r} tokenizes to no tokens")
+    if sentinel.text.startswith("<") and sentinel.text.endswith(">") and len(ids) > 1:
+        logger.warning(
+            "sentinel %s %r is not a token of this model; it is scored as %d plain tokens. "
+            "Apply the sentinel adapter (model.adapter) or configure sentinels this model can produce.",
+            sentinel.name, sentinel.text, len(ids),
+        )  # fmt: skip
     logger.debug("sentinel %s tokenizes to %s", sentinel.name, ids)
     return ids
 

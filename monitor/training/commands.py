@@ -1,0 +1,93 @@
+"""The `train-sentinels` and `evaluate` commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from monitor.errors import ConfigError
+from monitor.settings import Settings
+
+DEFAULT_DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+
+
+def datasets_default() -> str:
+    return os.environ.get("SENTINEL_DATASETS_DIR", str(DEFAULT_DATASETS))
+
+
+def add_training_commands(commands: Any) -> None:
+    train = commands.add_parser("train-sentinels", help="teach a base model the sentinel tokens (LoRA adapter)")
+    train.add_argument("--datasets", default=datasets_default(), help="public datasets folder (default: $SENTINEL_DATASETS_DIR)")
+    train.add_argument("--output", required=True, help="folder for the adapter")
+    train.add_argument("--base-model", default=None, help="base model folder (default: the pulled default model)")
+    train.add_argument("--seed", type=int, default=1234)
+    train.add_argument("--epochs", type=float, default=2.5, help="passes over the train split (default 2.5)")
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--learning-rate", type=float, default=2e-4)
+    train.add_argument("--lora-rank", type=int, default=16)
+    train.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (for a quick check)")
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="score labelled prompts and report AUROC, precision and calibration")
+    evaluate.add_argument("--datasets", default=datasets_default(), help="public datasets folder (default: $SENTINEL_DATASETS_DIR)")
+    evaluate.add_argument("--split", choices=["test", "train", "all"], default="test", help="which split of the datasets (default test)")
+    evaluate.add_argument("--input", default=None, help="a labelled JSON lines file instead of the datasets")
+    evaluate.add_argument("--harmful-sentinel", default="HELLNODAVE")
+    evaluate.add_argument("--decline-sentinel", default="SORRYDAVE")
+    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
+    evaluate.set_defaults(handler=_evaluate)
+
+
+def _train(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.model_store import default_model_dir
+    from monitor.training.trainer import TrainingConfig, train_sentinels
+
+    base = args.base_model or str(default_model_dir(Path(settings.model.cache_dir)))
+    config = TrainingConfig(
+        base_model=base,
+        datasets=args.datasets,
+        output=args.output,
+        seed=args.seed,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        lora_rank=args.lora_rank,
+        lora_alpha=2 * args.lora_rank,
+        device=settings.model.device,
+        max_steps=args.max_steps,
+    )
+    summary = train_sentinels(config)
+    print(
+        f"adapter saved to {args.output}: {summary.steps} steps over {summary.examples} examples "
+        f"in {summary.seconds:.0f} s, final loss {summary.final_loss:.4f}"
+    )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.model_store import load_scorer
+    from monitor.training.data import load_all
+    from monitor.training.evaluate import build_report, format_report, read_labelled_file, score_prompts
+
+    if args.input:
+        prompts = read_labelled_file(Path(args.input))
+    else:
+        prompts = [p for p in load_all(Path(args.datasets)) if args.split == "all" or p.split == args.split]
+    if not prompts:
+        raise ConfigError("no labelled prompts to evaluate")
+    scorer = load_scorer(settings.model, settings)
+    with tqdm(total=len(prompts), unit="prompt", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+        evaluated = score_prompts(scorer, prompts, progress=bar.update)
+    report = build_report(
+        evaluated, scorer.sentinels, harmful_sentinel=args.harmful_sentinel, decline_sentinel=args.decline_sentinel
+    )
+    report["model_id"] = scorer.identity.model_id
+    report["split"] = "file " + args.input if args.input else args.split
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
