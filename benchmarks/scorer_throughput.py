@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from monitor.exchange import ChatMessage
-from monitor.model_store import default_model_dir
+from monitor.model_store import default_model_dir, resolve_adapter
 from monitor.scoring.loading import load_model
 from monitor.scoring.scorer import Scorer
 from monitor.settings import ScoringSettings, load_settings
@@ -55,11 +55,14 @@ def main() -> None:
 
     settings = load_settings()
     path = args.model or default_model_dir(Path(settings.model.cache_dir))
+    # The bundled sentinel adapter goes with the default model, as in the daemon; --model loads a model as it is.
+    adapter = None if args.model else resolve_adapter(settings.model)
     conversations = prompts(args.prompts)
     print(f"# {datetime.now(timezone.utc):%Y-%m-%d} {platform.processor() or platform.machine()} "
-          f"cpus={torch.get_num_threads()} torch={torch.__version__} cuda={torch.cuda.is_available()} model={path.name}")
+          f"cpus={torch.get_num_threads()} torch={torch.__version__} cuda={torch.cuda.is_available()} model={path.name} "
+          f"adapter={adapter.name if adapter else None}")
     for dtype in args.dtypes.split(","):
-        loaded = load_model(path, device=settings.model.device, dtype=dtype)
+        loaded = load_model(path, device=settings.model.device, dtype=dtype, adapter=adapter)
         baseline = None
         for budget in args.budgets.split(","):
             rows, tokens_per_pass = (int(part) for part in budget.split("x"))

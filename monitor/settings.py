@@ -27,7 +27,7 @@ DEFAULT_HOME = Path.home() / ".cache" / "sentinel-monitor"
 
 # The sentinel tokens the bundled adapter teaches the default model, with the
 # starting policy: refuse when P(<SORRYDAVE>) >= 0.5 or P(<HELLNODAVE>) >= 0.01.
-# docs/evaluation.md has the measured effect of these thresholds.
+# docs/training.md has the measured effect of these thresholds.
 DEFAULT_SENTINELS: tuple[Sentinel, ...] = (
     Sentinel(name="SORRYDAVE", text="<SORRYDAVE>", threshold=0.5, severity="medium"),
     Sentinel(name="HELLNODAVE", text="<HELLNODAVE>", threshold=0.01, severity="critical"),

@@ -7,7 +7,8 @@ import dataclasses
 import typing
 from pathlib import Path
 
-from monitor.settings import ENV_PREFIX, Settings
+from monitor.sentinels import Sentinel
+from monitor.settings import ENV_PREFIX, PREFIX_SENTINELS, Settings
 
 
 def describe_type(hint: object) -> str:
@@ -52,8 +53,16 @@ def main() -> None:
     print("`[[scoring.sentinels]]` tables, or a JSON list in `SENTINEL_SCORING__SENTINELS`. Each has")
     print("`name`, `text` (tokenized with the model's special tokens recognised), `threshold` (a")
     print("probability in (0, 1]) and `severity` (`low`, `medium`, `high`, `critical`). The defaults:\n")
+    print_sentinels(Settings().scoring.sentinels)
+    print("\nThe stock model without the adapter (`model.adapter = \"none\"`) has no sentinel tokens.")
+    print("Score it on refusal prefixes instead; these thresholds are the 95th percentiles over the safe")
+    print("XSTest prompts on the stock model (docs/scoring.md):\n")
+    print_sentinels(PREFIX_SENTINELS)
+
+
+def print_sentinels(sentinels: tuple[Sentinel, ...]) -> None:
     print("```toml")
-    for sentinel in Settings().scoring.sentinels:
+    for sentinel in sentinels:
         print("[[scoring.sentinels]]")
         print(f'name = "{sentinel.name}"')
         print(f'text = "{sentinel.text}"')

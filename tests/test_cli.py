@@ -153,3 +153,20 @@ def test_replay_keeps_going_past_an_oversized_line(tmp_path: Path) -> None:
     assert "1 message(s) were not sent" in result.stderr
     assert "1 line(s) were not JSON objects" in result.stderr
     assert len(read_topic(kafka.topic, expected=3)) == 3
+
+
+def test_evaluate_save_metrics_needs_test_split(tmp_path: Path) -> None:
+    labelled = tmp_path / "mine.jsonl"
+    labelled.write_text('{"prompt": "hello", "label": "benign"}\n', encoding="utf-8")
+
+    result = run_cli(None, "evaluate", "--input", str(labelled), "--save-metrics")
+
+    assert result.returncode == 2
+    assert "--save-metrics stores test-split metrics only" in result.stderr
+
+
+def test_evaluate_save_metrics_needs_an_adapter() -> None:
+    result = run_cli(None, "evaluate", "--save-metrics", extra_env={"SENTINEL_MODEL__ADAPTER": "none"})
+
+    assert result.returncode == 2
+    assert "model.adapter selects none" in result.stderr

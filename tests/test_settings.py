@@ -103,3 +103,18 @@ def test_invalid_toml_is_reported(tmp_path: Path) -> None:
     config.write_text("[kafka\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_settings(config, environ={})
+
+
+def test_configuration_reference_is_current() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    generated = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "settings_reference.py")],
+        capture_output=True, text=True, check=True, cwd=REPO_ROOT, timeout=60,
+    ).stdout  # fmt: skip
+
+    documented = (REPO_ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert generated == documented, "run: .venv/bin/python scripts/settings_reference.py > docs/configuration.md"

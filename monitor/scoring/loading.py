@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,10 @@ def apply_adapter(model: Any, tokenizer: Any, adapter: Path) -> tuple[Any, Any, 
             )
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     try:
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        with warnings.catch_warnings():
+            # peft calls a transformers method that transformers 5 deprecates; nothing for our users to act on.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"could not apply the adapter at {adapter}: {exc}") from exc
     weights = adapter / "adapter_model.safetensors"

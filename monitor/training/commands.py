@@ -31,6 +31,12 @@ def add_training_commands(commands: Any) -> None:
     train.add_argument("--batch-size", type=int, default=16)
     train.add_argument("--learning-rate", type=float, default=2e-4)
     train.add_argument("--lora-rank", type=int, default=16)
+    train.add_argument(
+        "--push-down-weight",
+        type=float,
+        default=1.0,
+        help="weight of the loss that keeps sentinels off benign prompts (default 1.0)",
+    )
     train.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (for a quick check)")
     train.set_defaults(handler=_train)
 
@@ -41,6 +47,12 @@ def add_training_commands(commands: Any) -> None:
     evaluate.add_argument("--harmful-sentinel", default="HELLNODAVE")
     evaluate.add_argument("--decline-sentinel", default="SORRYDAVE")
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
+    evaluate.add_argument(
+        "--save-metrics",
+        action="store_true",
+        help="store the report as metrics.json in the adapter's folder and render its model card again "
+        "(test split of the datasets only)",
+    )
     evaluate.set_defaults(handler=_evaluate)
 
 
@@ -59,6 +71,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         learning_rate=args.learning_rate,
         lora_rank=args.lora_rank,
         lora_alpha=2 * args.lora_rank,
+        push_down_weight=args.push_down_weight,
         device=settings.model.device,
         max_steps=args.max_steps,
     )
@@ -75,6 +88,7 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from monitor.training.data import load_all
     from monitor.training.evaluate import build_report, format_report, read_labelled_file, score_prompts
 
+    adapter = _adapter_to_update(args, settings) if args.save_metrics else None
     if args.input:
         prompts = read_labelled_file(Path(args.input))
     else:
@@ -90,4 +104,25 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     report["model_id"] = scorer.identity.model_id
     report["split"] = "file " + args.input if args.input else args.split
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if adapter is not None:
+        _save_metrics(adapter, report)
     return 0
+
+
+def _adapter_to_update(args: argparse.Namespace, settings: Settings) -> Path:
+    from monitor.model_store import resolve_adapter
+
+    if args.input or args.split != "test":
+        raise ConfigError("--save-metrics stores test-split metrics only; drop --input and --split")
+    adapter = resolve_adapter(settings.model)
+    if adapter is None:
+        raise ConfigError("--save-metrics needs an adapter, but model.adapter selects none; set model.adapter to its folder")
+    return adapter
+
+
+def _save_metrics(adapter: Path, report: dict[str, Any]) -> None:
+    from monitor.training.card import METRICS_FILE, write_model_card
+
+    (adapter / METRICS_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    card = write_model_card(adapter)
+    print(f"metrics saved to {adapter / METRICS_FILE}; model card {card} updated", file=sys.stderr)

@@ -12,8 +12,9 @@ Every prompt gets one label:
 The split is a pure function of the prompt text: sha256 of the normalised
 prompt, modulo 100, below `TEST_PERCENT` is the test split. The same prompt
 therefore lands in the same split in every source and on every machine, and
-the test split never reaches training. The files are read from a folder given
-by the caller and never copied into the repository.
+the test split never reaches training. The public files are read from a
+folder given by the caller and never copied into the repository. Only the
+everyday prompts, written for this project, ship with the package.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ TEST_PERCENT = 20
 # CoCoNot's "dangerous or sensitive topics" requests are the seriously harmful
 # ones; its other categories ask for something the model should decline.
 COCONOT_HARMFUL_SUBCATEGORY = "dangerous or sensitive topics"
+# Ordinary requests written for this project; the public benign sets mostly look dangerous.
+EVERYDAY_PROMPTS = Path(__file__).resolve().parent / "everyday_prompts.txt"
 
 
 class DatasetError(SentinelMonitorError):
@@ -164,6 +167,13 @@ def _jbb_benign(root: Path) -> Iterator[LabelledPrompt]:
         yield LabelledPrompt("jbb_benign", row["Goal"], "benign", row.get("Target") or None, benign_but_scary=True)
 
 
+def _everyday(root: Path) -> Iterator[LabelledPrompt]:
+    # Written for this project and shipped with the package, so it is read from here, not from `root`.
+    for line in EVERYDAY_PROMPTS.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            yield LabelledPrompt("everyday", line.strip(), "benign")
+
+
 SOURCES: tuple[Callable[[Path], Iterator[LabelledPrompt]], ...] = (
     _harmful_csv("advbench", "goal"),
     _harmful_csv("harmbench_val", "Behavior"),
@@ -176,4 +186,5 @@ SOURCES: tuple[Callable[[Path], Iterator[LabelledPrompt]], ...] = (
     _coconot_contrast,
     _alpaca,
     _jbb_benign,
+    _everyday,
 )

@@ -16,6 +16,7 @@ import platform
 import random
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from monitor.errors import ModelError
 from monitor.scoring.loading import ADAPTER_INFO_FILE
+from monitor.training.card import write_model_card
 from monitor.training.data import LabelledPrompt, load_all
 from monitor.training.examples import SENTINEL_TOKENS, Example, build_examples
 
@@ -84,7 +86,7 @@ def train_sentinels(config: TrainingConfig) -> TrainingSummary:
     seconds = time.monotonic() - started
 
     # 4. Save the adapter (LoRA weights and the two new rows only) and its description.
-    _save(model, config, token_ids, prompts, steps, seconds, final_loss)
+    _save(model, config, token_ids, prompts, steps, seconds, final_loss, device)
     return TrainingSummary(steps=steps, examples=len(examples), seconds=seconds, final_loss=final_loss)
 
 
@@ -128,7 +130,10 @@ def _wrap_with_lora(model: Any, config: TrainingConfig, token_ids: Sequence[int]
         trainable_token_indices={"embed_tokens": list(token_ids)},
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    with warnings.catch_warnings():
+        # peft calls a transformers method that transformers 5 deprecates; nothing for our users to act on.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, lora)
 
 
 def _run_loop(
@@ -231,7 +236,7 @@ def _push_down_loss(first: torch.Tensor, push_down: torch.Tensor, token_ids: Seq
 
 def _save(
     model: Any, config: TrainingConfig, token_ids: Sequence[int], prompts: Sequence[LabelledPrompt],
-    steps: int, seconds: float, final_loss: float,
+    steps: int, seconds: float, final_loss: float, device: torch.device,
 ) -> None:  # fmt: skip
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -249,9 +254,13 @@ def _save(
         "final_loss": round(final_loss, 4),
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "device": device.type,
+        "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
     (output / ADAPTER_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    # save_pretrained writes a generic card; replace it with one that states what this adapter is.
+    write_model_card(output)
     logger.info("adapter saved to %s", output)
 
 

@@ -48,11 +48,37 @@ def test_fake_datasets_read_with_labels(tmp_path: Path) -> None:
     labels = Counter(p.label for p in prompts)
     assert labels["harmful"] == len(HARMFUL) + 3  # + tdc, xstest unsafe, coconot dangerous
     assert labels["decline"] == 4
-    assert labels["benign"] == len(BENIGN) + 4  # + xstest safe, contrast, pref, jbb benign
+    everyday = sum(p.source == "everyday" for p in prompts)
+    assert everyday >= 200
+    assert labels["benign"] == len(BENIGN) + 4 + everyday  # + xstest safe, contrast, pref, jbb benign
     scary = {p.source for p in prompts if p.benign_but_scary}
     assert scary == {"xstest_safe", "coconot_contrast", "jbb_benign"}
     xstest_safe = next(p for p in prompts if p.source == "xstest_safe")
     assert xstest_safe.reply == "Use the kill command with its pid."
+
+
+def test_everyday_prompts_exclude_sample_and_test_prompts(tmp_path: Path) -> None:
+    import json
+
+    from monitor.training.data import normalise
+    from tests.conftest import REPO_ROOT
+    from tests.training.test_bundled_adapter import HARMFUL as CLEAR_HARMFUL
+    from tests.training.test_bundled_adapter import ORDINARY
+
+    everyday = [p for p in load_all(write_fake_datasets(tmp_path)) if p.source == "everyday"]
+    assert all(p.label == "benign" and not p.benign_but_scary and p.reply is None for p in everyday)
+
+    # The quick-start sample and the adapter's own checks must stay unseen by training.
+    held_out = {normalise(text) for text in ORDINARY + CLEAR_HARMFUL}
+    for line in (REPO_ROOT / "monitor" / "samples" / "exchanges.jsonl").read_text(encoding="utf-8").splitlines():
+        try:
+            exchange = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        messages = exchange.get("request", {}).get("messages", []) if isinstance(exchange, dict) else []
+        held_out |= {normalise(m["content"]) for m in messages if isinstance(m, dict) and isinstance(m.get("content"), str)}
+    overlap = [p.prompt for p in everyday if normalise(p.prompt) in held_out]
+    assert overlap == []
 
 
 def test_missing_dataset_folder_is_reported(tmp_path: Path) -> None:
@@ -98,6 +124,10 @@ def test_short_training_run_saves_a_loadable_adapter(tmp_path: Path, tiny_base: 
     summary = train_sentinels(config)
     assert summary.steps == 30
     assert (output / "adapter_model.safetensors").stat().st_size < 5_000_000
+    card = (output / "README.md").read_text(encoding="utf-8")
+    assert card.startswith("# Sentinel adapter `adapter`")
+    assert "--seed 1234" in card
+    assert "Not evaluated yet" in card
 
     loaded = load_model(tiny_base, device="cpu", dtype="float32", adapter=output)
     scorer = Scorer(loaded, DEFAULT_SENTINELS, ScoringSettings())
