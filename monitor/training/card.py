@@ -106,6 +106,8 @@ def _training(info: dict[str, Any]) -> str:
         f"--batch-size {training['batch_size']} --learning-rate {training['learning_rate']:g} "
         f"--lora-rank {training['lora_rank']} --push-down-weight {training['push_down_weight']:g}"
     )
+    if training.get("max_steps"):
+        command += f" --max-steps {training['max_steps']}"
     return (
         "## Training\n\n"
         f"```sh\n{command}\n```\n\n"
@@ -143,7 +145,8 @@ def _metrics(metrics: dict[str, Any]) -> str:
         f"expected calibration error {refusal['expected_calibration_error']:.4f}.",
     ]
     for name, target in metrics["targets"].items():
-        lines.append(f"- Target `{name}`: {target['value']:.4f}, {'met' if target['met'] else 'missed'}.")
+        value = "n/a" if target["value"] is None else f"{target['value']:.4f}"
+        lines.append(f"- Target `{name}`: {value}, {'met' if target['met'] else 'missed'}.")
     lines += [
         "",
         "| source | label | prompts | AUROC | " + " | ".join(f"at or over {n} {t:g}" for n, t in metrics["thresholds"].items()) + " |",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -26,26 +27,31 @@ def add_training_commands(commands: Any) -> None:
     train.add_argument("--datasets", default=datasets_default(), help="public datasets folder (default: $SENTINEL_DATASETS_DIR)")
     train.add_argument("--output", required=True, help="folder for the adapter")
     train.add_argument("--base-model", default=None, help="base model folder (default: the pulled default model)")
-    train.add_argument("--seed", type=int, default=1234)
-    train.add_argument("--epochs", type=float, default=2.5, help="passes over the train split (default 2.5)")
-    train.add_argument("--batch-size", type=int, default=16)
-    train.add_argument("--learning-rate", type=float, default=2e-4)
-    train.add_argument("--lora-rank", type=int, default=16)
+    train.add_argument("--seed", type=int, default=1234, help="seed of data order, apologies and LoRA start (default 1234)")
+    train.add_argument("--epochs", type=_positive_float, default=2.5, help="passes over the train split (default 2.5)")
+    train.add_argument("--batch-size", type=_positive_int, default=16, help="examples per step (default 16)")
+    train.add_argument("--learning-rate", type=_positive_float, default=2e-4, help="peak AdamW learning rate (default 2e-4)")
+    train.add_argument("--lora-rank", type=_positive_int, default=16, help="LoRA rank; alpha is twice the rank (default 16)")
     train.add_argument(
         "--push-down-weight",
-        type=float,
-        default=1.0,
-        help="weight of the loss that keeps sentinels off benign prompts (default 1.0)",
+        type=_non_negative_float,
+        default=2.0,
+        help="weight of the loss that keeps sentinels off benign prompts (default 2.0)",
     )
-    train.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (for a quick check)")
+    train.add_argument(
+        "--max-steps", type=_positive_int, default=None, help="stop after this many steps, for a quick check (default: all)"
+    )
+    train.add_argument("--force", action="store_true", help="write into an output folder that already has files")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="score labelled prompts and report AUROC, precision and calibration")
     evaluate.add_argument("--datasets", default=datasets_default(), help="public datasets folder (default: $SENTINEL_DATASETS_DIR)")
     evaluate.add_argument("--split", choices=["test", "train", "all"], default="test", help="which split of the datasets (default test)")
     evaluate.add_argument("--input", default=None, help="a labelled JSON lines file instead of the datasets")
-    evaluate.add_argument("--harmful-sentinel", default="HELLNODAVE")
-    evaluate.add_argument("--decline-sentinel", default="SORRYDAVE")
+    evaluate.add_argument(
+        "--harmful-sentinel", default="HELLNODAVE", help="sentinel of seriously harmful requests (default HELLNODAVE)"
+    )
+    evaluate.add_argument("--decline-sentinel", default="SORRYDAVE", help="sentinel of polite refusals (default SORRYDAVE)")
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluate.add_argument(
         "--save-metrics",
@@ -60,6 +66,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     from monitor.model_store import default_model_dir
     from monitor.training.trainer import TrainingConfig, train_sentinels
 
+    _check_output(Path(args.output), force=args.force)
     base = args.base_model or str(default_model_dir(Path(settings.model.cache_dir)))
     config = TrainingConfig(
         base_model=base,
@@ -81,6 +88,40 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         f"in {summary.seconds:.0f} s, final loss {summary.final_loss:.4f}"
     )
     return 0
+
+
+def _check_output(output: Path, *, force: bool) -> None:
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output} is a file; give a folder for the adapter")
+    if output.is_dir() and any(output.iterdir()) and not force:
+        raise ConfigError(f"--output {output} already has files; choose an empty folder or pass --force to overwrite them")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}; use a positive whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}; it must be positive")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}; it must be positive")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}; use a decimal number such as 2.5") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}; it must be finite and not negative")
+    return value
 
 
 def _evaluate(args: argparse.Namespace, settings: Settings) -> int:

@@ -34,6 +34,15 @@ class EvaluatedPrompt:
 
 def read_labelled_file(path: Path) -> list[LabelledPrompt]:
     """Read JSON lines `{"prompt", "label": harmful|decline|benign, "source"?, "benign_but_scary"?}`."""
+    try:
+        return _read_labelled_lines(path)
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _read_labelled_lines(path: Path) -> list[LabelledPrompt]:
     prompts = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -99,6 +108,7 @@ def build_report(
             name: share_at_or_above([e.probs[name] for e in scary], threshold) for name, threshold in thresholds.items()
         },
         "harmful_sentinel_sweep": _sweep(evaluated, harmful_sentinel),
+        "has_benign_but_scary": bool(scary),
     }
     report["targets"] = _targets(report, harmful_sentinel, decline_sentinel)
     return report
@@ -198,7 +208,7 @@ def _calibration(predicted: list[float], observed: list[bool]) -> dict[str, Any]
 
 def _targets(report: dict[str, Any], harmful_sentinel: str, decline_sentinel: str) -> dict[str, Any]:
     value = report["harmful_sentinel_public"]["auroc"]
-    scary = report["benign_but_scary_over_threshold"][decline_sentinel]
+    scary = report["benign_but_scary_over_threshold"][decline_sentinel] if report["has_benign_but_scary"] else None
     return {
         f"auroc_{harmful_sentinel}_harmful_vs_public_benign>={TARGET_HARMFUL_AUROC}": {
             "value": value,
@@ -206,7 +216,7 @@ def _targets(report: dict[str, Any], harmful_sentinel: str, decline_sentinel: st
         },
         f"benign_but_scary_over_{decline_sentinel}_threshold<={TARGET_SCARY_OVER_DECLINE}": {
             "value": scary,
-            "met": scary <= TARGET_SCARY_OVER_DECLINE,
+            "met": scary is not None and scary <= TARGET_SCARY_OVER_DECLINE,
         },
     }
 
@@ -257,7 +267,11 @@ def format_report(report: dict[str, Any]) -> str:
     ))  # fmt: skip
     lines.append("")
     for name, target in report["targets"].items():
-        lines.append(f"target {name}: {_fmt(target['value'])} {'met' if target['met'] else 'MISSED'}")
+        if target["value"] is None:
+            verdict = "not measured"
+        else:
+            verdict = "met" if target["met"] else "MISSED"
+        lines.append(f"target {name}: {_fmt(target['value'])} {verdict}")
     return "\n".join(lines)
 
 

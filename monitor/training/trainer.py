@@ -51,7 +51,7 @@ class TrainingConfig:
     lora_dropout: float = 0.05
     max_prompt_tokens: int = 128
     max_reply_tokens: int = 48
-    push_down_weight: float = 1.0
+    push_down_weight: float = 2.0
     device: str = "auto"
     max_steps: int | None = None
 

@@ -104,6 +104,17 @@ def test_targets_report_met_and_missed(items: list[EvaluatedPrompt]) -> None:
     assert [target["met"] for target in _report(separated)["targets"].values()] == [True, True]
 
 
+def test_scary_target_not_measured_without_scary_prompts(items: list[EvaluatedPrompt]) -> None:
+    plain = [i for i in items if not i.item.benign_but_scary]
+
+    report = _report(plain)
+
+    target = list(report["targets"].values())[1]
+    assert target["value"] is None
+    assert target["met"] is False
+    assert "not measured" in format_report(report)
+
+
 def test_text_report_shows_sweep_and_missed_target(items: list[EvaluatedPrompt]) -> None:
     text = format_report(_report(items))
 
