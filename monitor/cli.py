@@ -106,6 +106,10 @@ def _add_users_commands(commands: Any) -> None:
     flag = users.add_parser("flag", help="run the flag job once now")
     flag.add_argument("--json", action="store_true", help="print JSON")
     flag.set_defaults(handler=_users_flag)
+    risk = users.add_parser("risk", help="one user's risk score per window, with the numbers and exchanges behind it")
+    risk.add_argument("user", metavar="USER")
+    risk.add_argument("--json", action="store_true", help="print JSON")
+    risk.set_defaults(handler=_users_risk)
 
 
 def _add_replay_command(commands: Any) -> None:
@@ -260,7 +264,7 @@ def _users_top(args: argparse.Namespace, settings: Settings) -> int:
     from monitor.users import top_users
 
     with _session(settings) as session:
-        users = top_users(session, window=args.window, now=_now(), limit=args.limit)
+        users = top_users(session, window=args.window, now=_now(), limit=args.limit, risk=settings.risk)
     if args.json:
         print(json.dumps({"window_s": args.window.total_seconds(), "users": [u.as_json() for u in users]}, indent=2))
         return EXIT_OK
@@ -283,13 +287,29 @@ def _users_show(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _users_risk(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.user_risk import format_user_risk, user_risk
+
+    with _session(settings) as session:
+        windows = user_risk(session, args.user, settings.risk, now=_now())
+    if all(window.exchanges == 0 for window in windows):
+        longest = timedelta(seconds=max(settings.risk.windows_s))
+        print(f"sentinel-monitor: user {args.user!r} has no exchanges in the last {_format_window(longest)}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps({"user_id": args.user, "windows": [window.as_json() for window in windows]}, indent=2))
+    else:
+        print(format_user_risk(args.user, windows))
+    return EXIT_OK
+
+
 def _users_flag(args: argparse.Namespace, settings: Settings) -> int:
     from monitor.jobs.flag_users import run_flag_job
     from storage.engine import create_engine, create_session_factory
 
     engine = create_engine(settings=settings.database)
     try:
-        result = run_flag_job(create_session_factory(engine=engine), settings.flags, now=_now())
+        result = run_flag_job(create_session_factory(engine=engine), settings.flags, risk=settings.risk, now=_now())
     finally:
         engine.dispose()
     if args.json:
@@ -425,14 +445,15 @@ def _format_window(window: timedelta) -> str:
 
 def _format_top(users: Sequence[Any], window: timedelta) -> str:
     rows = [u.as_json() for u in users]
-    table = [["user", "exchanges", "slip-throughs", "flag", "max probability among slip-throughs"]]
+    table = [["user", "exchanges", "slip-throughs", "risk", "flag", "max probability among slip-throughs"]]
     for row in rows:
         maxima = row.get("max_prob_by_sentinel") or {}
         probabilities = " ".join(f"{name}={value:.3g}" for name, value in sorted(maxima.items())) or "-"
+        risk = "-" if row.get("risk") is None else f"{row['risk']:.2f}"
         table.append(
-            [row["user_id"], str(row["exchanges"]), str(row["slip_throughs"]), row.get("flag_status") or "-", probabilities]
+            [row["user_id"], str(row["exchanges"]), str(row["slip_throughs"]), risk, row.get("flag_status") or "-", probabilities]
         )
-    return f"users by slip-throughs in the last {_format_window(window)}:\n" + _render_table(table, right=(1, 2))
+    return f"users by slip-throughs in the last {_format_window(window)}:\n" + _render_table(table, right=(1, 2, 3))
 
 
 def _format_detail(detail: dict[str, Any]) -> str:

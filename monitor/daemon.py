@@ -107,7 +107,7 @@ def run_daemon(settings: Settings, options: DaemonOptions, stop: threading.Event
         stats = loop.run(until_caught_up=options.until_caught_up)
         if options.until_caught_up and options.with_scheduler and not stop.is_set():
             # The scheduled run may have happened before the last batch; flag on everything stored.
-            run_flag_job(session_factory, settings.flags)
+            run_flag_job(session_factory, settings.flags, risk=settings.risk)
         return stats
     finally:
         # Shutdown phases: the consumer has finished its batch and left the group;

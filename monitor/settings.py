@@ -168,9 +168,37 @@ class FlagSettings:
     min_slip_throughs: int = _doc("A user is flagged at this many slip-throughs within the window.", default=3)
     window_s: int = _doc("Length of the flag window in seconds.", default=86_400)
     interval_s: int = _doc("How often the flag job runs, in seconds.", default=60)
+    min_risk: float = _doc(
+        "A user is flagged only when their risk score over the flag window (docs/risk.md) is at or above this; "
+        "0 turns the check off.",
+        default=0.4,
+    )
 
     def validate(self) -> None:
         _require_positive(self, "min_slip_throughs", "window_s", "interval_s")
+        if not 0.0 <= self.min_risk < 1.0:
+            raise ConfigError(f"setting flags.min_risk={self.min_risk!r} is invalid: it must be at least 0 and below 1")
+
+
+@dataclass(frozen=True)
+class RiskSettings:
+    windows_s: tuple[int, ...] = _doc(
+        "Rolling windows of the per-user risk report, in seconds (docs/risk.md).", default=(3600, 86_400, 604_800)
+    )
+    z: float = _doc(
+        "Standard deviations of chance allowed before a user's expected bypassed refusals count as excess.",
+        default=2.0,
+    )
+    scale: float = _doc("Excess expected bypassed refusals that give a risk of 0.63 (1 - 1/e).", default=1.0)
+    evidence_limit: int = _doc("How many of a user's highest-probability exchanges a risk report lists.", default=20)
+
+    def validate(self) -> None:
+        _require_positive(self, "scale", "evidence_limit")
+        _require_non_negative(self, "z")
+        if not self.windows_s or any(window <= 0 for window in self.windows_s):
+            raise ConfigError(
+                f"setting risk.windows_s={list(self.windows_s)!r} is invalid: list one or more positive numbers of seconds"
+            )
 
 
 @dataclass(frozen=True)
@@ -208,6 +236,7 @@ class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
     flags: FlagSettings = field(default_factory=FlagSettings)
+    risk: RiskSettings = field(default_factory=RiskSettings)
     consistency: ConsistencySettings = field(default_factory=ConsistencySettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -216,6 +245,7 @@ class Settings:
         self.kafka.validate()
         self.scoring.validate()
         self.flags.validate()
+        self.risk.validate()
         self.consistency.validate()
         return self
 
@@ -330,7 +360,24 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return value
     if origin is tuple and typing.get_args(hint)[0] is Sentinel:
         return _convert_sentinels(value, where)
+    if origin is tuple and typing.get_args(hint)[0] is int:
+        return _convert_int_list(value, where)
     raise ConfigError(f"setting {where} has an unsupported type {hint}")
+
+
+def _convert_int_list(value: Any, where: str) -> tuple[int, ...]:
+    # TOML gives a list; an environment variable gives "3600,86400" or a JSON list.
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            items: Any = json.loads(text) if text.startswith("[") else [part for part in text.split(",") if part.strip()]
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"setting {where}={value!r} is not a valid JSON list: {exc.msg}") from exc
+    else:
+        items = value
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"setting {where}={value!r} is invalid: expected a list of integers such as [3600, 86400]")
+    return tuple(_convert_scalar(int, item, where) for item in items)
 
 
 def _convert_bool(value: Any, where: str) -> bool:

@@ -13,6 +13,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from monitor.settings import RiskSettings
+from monitor.user_risk import risk_for_users
 from storage.activity import (
     ScoredExchangeSummary,
     TimeWindow,
@@ -42,6 +44,7 @@ class UserRisk:
     max_prob: float
     max_prob_by_sentinel: dict[str, float]
     flag_status: str | None
+    risk: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +56,7 @@ class UserRisk:
             "max_prob": self.max_prob,
             "max_prob_by_sentinel": dict(self.max_prob_by_sentinel),
             "flag_status": self.flag_status,
+            "risk": self.risk,
         }
 
 
@@ -144,11 +148,14 @@ class UserDetail:
         }
 
 
-def top_users(session: Session, *, window: timedelta, now: datetime, limit: int) -> list[UserRisk]:
+def top_users(
+    session: Session, *, window: timedelta, now: datetime, limit: int, risk: RiskSettings | None = None
+) -> list[UserRisk]:
     """Return the users with slip-throughs in the window ending at `now`, riskiest first.
 
     Users are ordered by their number of slip-throughs, then by their highest
-    slip-through probability, then by id. Users without a slip-through in the
+    slip-through probability, then by id. With `risk`, each user also gets the
+    risk score over the window (docs/risk.md). Users without a slip-through in the
     window are left out.
     """
     if limit <= 0:
@@ -162,6 +169,7 @@ def top_users(session: Session, *, window: timedelta, now: datetime, limit: int)
     counts = count_user_exchanges(session, user_ids, time_window)
     maxima = max_slip_through_probs(session, user_ids, time_window)
     flag_status = active_flag_status(session, user_ids)
+    risks = risk_for_users(session, user_ids, time_window, risk) if risk else {}
     return [
         UserRisk(
             user_id=total.user_id,
@@ -172,6 +180,7 @@ def top_users(session: Session, *, window: timedelta, now: datetime, limit: int)
             max_prob=total.max_prob,
             max_prob_by_sentinel=maxima.get(total.user_id, {}),
             flag_status=flag_status.get(total.user_id),
+            risk=risks[total.user_id][0] if risks else None,
         )
         for total in totals
     ]

@@ -14,12 +14,16 @@ from monitor.settings import ENV_PREFIX, PREFIX_SENTINELS, Settings
 def describe_type(hint: object) -> str:
     if typing.get_origin(hint) is typing.Literal:
         return " or ".join(f"`{value}`" for value in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple and typing.get_args(hint)[0] is int:
+        return "list of int"
     return getattr(hint, "__name__", str(hint))
 
 
 def describe_default(field: dataclasses.Field[object]) -> str:
     if field.default is not dataclasses.MISSING:
         value = field.default
+        if isinstance(value, tuple) and all(isinstance(item, int) for item in value):
+            return "`" + ", ".join(str(item) for item in value) + "`"
         if isinstance(value, tuple):
             return "see below"
         # Show the home folder as ~ so the page does not depend on who built it.

@@ -139,8 +139,9 @@ class ScoreRecord(Base):
 class FlagRecord(Base):
     """A finding against a user under one rule. The flag job keeps one row per (user, rule).
 
-    `evidence` is `{"exchange_ids": [...], "probabilities": {exchange id: {sentinel: prob}}}`
-    for the slip-throughs in the last window in which the user met the rule.
+    `evidence` is `{"exchange_ids": [...], "probabilities": {exchange id: {sentinel: prob}},
+    "risk": {"score": ..., "sentinels": [...]}}` for the slip-throughs in the last window in
+    which the user met the rule (`risk` only in flags written since the risk score exists).
     """
 
     __tablename__ = "flags"

@@ -96,6 +96,7 @@ def test_users_commands_read_stored_exchanges(
     assert [u["user_id"] for u in users] == ["risky"]
     assert users[0]["slip_throughs"] == 4
     assert users[0]["flag_status"] == "open"
+    assert users[0]["risk"] > 0.9
 
     text = run_cli(database_settings, "users", "top", "--window", "1h")
     assert "risky" in text.stdout
@@ -110,6 +111,22 @@ def test_users_commands_read_stored_exchanges(
     missing = run_cli(database_settings, "users", "show", "nobody")
     assert missing.returncode == 1
     assert "has no stored exchanges" in missing.stderr
+
+    risk = run_cli(database_settings, "users", "risk", "risky", "--json")
+    assert risk.returncode == 0, risk.stderr
+    windows = json.loads(risk.stdout)["windows"]
+    assert [window["window_s"] for window in windows] == [3600, 86400, 604800]
+    assert windows[0]["answered"] == 4
+    assert windows[0]["risk"] > 0.9
+    assert len(windows[0]["evidence"]) == 8  # 4 exchanges x 2 sentinels
+
+    calm = run_cli(database_settings, "users", "risk", "benign")
+    assert calm.returncode == 0, calm.stderr
+    assert "last 1h: risk 0.00" in calm.stdout
+
+    no_risk = run_cli(database_settings, "users", "risk", "nobody")
+    assert no_risk.returncode == 1
+    assert "has no exchanges in the last 7d" in no_risk.stderr
 
 
 @pytest.mark.postgres
@@ -170,3 +187,42 @@ def test_evaluate_save_metrics_needs_an_adapter() -> None:
 
     assert result.returncode == 2
     assert "model.adapter selects none" in result.stderr
+
+
+def test_evaluate_input_errors_exit_2(tmp_path: Path) -> None:
+    missing = run_cli(None, "evaluate", "--input", str(tmp_path / "absent.jsonl"))
+    assert missing.returncode == 2
+    assert "cannot read" in missing.stderr
+
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    undecodable = run_cli(None, "evaluate", "--input", str(binary))
+    assert undecodable.returncode == 2
+    assert "is not UTF-8 text" in undecodable.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--max-steps", "0"), ("--max-steps", "-1"), ("--epochs", "0"), ("--epochs", "nan"),
+                          ("--batch-size", "0"), ("--push-down-weight", "-1")],
+)  # fmt: skip
+def test_train_rejects_invalid_numbers(tmp_path: Path, option: str, value: str) -> None:
+    result = run_cli(None, "train-sentinels", "--output", str(tmp_path / "adapter"), option, value)
+    assert result.returncode == 2
+    assert "invalid number" in result.stderr
+
+
+def test_train_refuses_to_overwrite(tmp_path: Path) -> None:
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "README.md").write_text("mine", encoding="utf-8")
+
+    result = run_cli(None, "train-sentinels", "--output", str(occupied), "--datasets", str(tmp_path))
+    assert result.returncode == 2
+    assert "already has files" in result.stderr
+    assert (occupied / "README.md").read_text(encoding="utf-8") == "mine"
+
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x", encoding="utf-8")
+    result = run_cli(None, "train-sentinels", "--output", str(a_file))
+    assert result.returncode == 2
+    assert "is a file" in result.stderr

@@ -118,3 +118,21 @@ def test_configuration_reference_is_current() -> None:
 
     documented = (REPO_ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
     assert generated == documented, "run: .venv/bin/python scripts/settings_reference.py > docs/configuration.md"
+
+
+def test_risk_windows_from_environment() -> None:
+    settings = load_settings(environ={"SENTINEL_RISK__WINDOWS_S": "600,3600"})
+    assert settings.risk.windows_s == (600, 3600)
+
+    settings = load_settings(environ={"SENTINEL_RISK__WINDOWS_S": "[60, 120]"})
+    assert settings.risk.windows_s == (60, 120)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("", "list one or more positive"), ("0,60", "list one or more positive"), ("[1,", "not a valid JSON list"),
+     ("ten", "is not a valid int")],
+)  # fmt: skip
+def test_risk_windows_reject_invalid(value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(environ={"SENTINEL_RISK__WINDOWS_S": value})

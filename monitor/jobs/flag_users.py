@@ -3,7 +3,10 @@
 A user is flagged when at least `min_slip_throughs` of their exchanges
 created in the window ending now are slip-throughs, which are exchanges with
 the outcome `answered` although a sentinel's probability was at or above its
-threshold. Override exchanges never count. Each (user, rule) pair has one
+threshold. Override exchanges never count. With `flags.min_risk` above 0,
+the user's risk score over the window (monitor/risk.py) must also reach it,
+so that a user with many ordinary requests is not flagged for the handful
+that pass a low threshold by chance. Each (user, rule) pair has one
 flag, which later runs update in place, so the job is idempotent. One replica
 runs each tick, and the others find the advisory lock taken and record a
 skipped run.
@@ -18,7 +21,9 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
-from monitor.settings import FlagSettings
+from monitor.risk import SentinelRisk
+from monitor.settings import FlagSettings, RiskSettings
+from monitor.user_risk import risk_for_users
 from storage.activity import (
     ScoredExchangeSummary,
     SlipThroughTotals,
@@ -43,19 +48,27 @@ MAX_EVIDENCE_EXCHANGES = 100
 
 @dataclass(frozen=True)
 class FlagRule:
-    """At least `min_slip_throughs` slip-throughs within `window`."""
+    """At least `min_slip_throughs` slip-throughs within `window`, and a risk score of at least `min_risk`."""
 
     min_slip_throughs: int
     window: timedelta
+    min_risk: float = 0.0
+    risk: RiskSettings = RiskSettings()
 
     @classmethod
-    def from_settings(cls, settings: FlagSettings) -> FlagRule:
-        return cls(min_slip_throughs=settings.min_slip_throughs, window=timedelta(seconds=settings.window_s))
+    def from_settings(cls, settings: FlagSettings, risk: RiskSettings | None = None) -> FlagRule:
+        return cls(
+            min_slip_throughs=settings.min_slip_throughs,
+            window=timedelta(seconds=settings.window_s),
+            min_risk=settings.min_risk,
+            risk=risk or RiskSettings(),
+        )
 
     @property
     def name(self) -> str:
-        """The rule as stored in `flags.rule`, for example `slip_throughs>=3/24h`."""
-        return f"slip_throughs>={self.min_slip_throughs}/{format_duration(self.window)}"
+        """The rule as stored in `flags.rule`, for example `slip_throughs>=3,risk>=0.5/24h`."""
+        risk = f",risk>={self.min_risk:g}" if self.min_risk > 0 else ""
+        return f"slip_throughs>={self.min_slip_throughs}{risk}/{format_duration(self.window)}"
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,10 @@ def flag_users(session: Session, rule: FlagRule, *, now: datetime) -> UpsertCoun
     """Create or update the flags of every user who meets `rule` in the window ending at `now`."""
     window = TimeWindow.ending(now, rule.window)
     totals = total_slip_throughs(session, window, min_count=rule.min_slip_throughs)
+    risks = risk_for_users(session, [total.user_id for total in totals], window, rule.risk) if totals else {}
+    if rule.min_risk > 0:
+        # Many slip-throughs at the population's rate are chance, not abuse.
+        totals = [total for total in totals if risks[total.user_id][0] >= rule.min_risk]
     if not totals:
         return UpsertCounts(created=0, updated=0, unchanged=0)
 
@@ -85,19 +102,23 @@ def flag_users(session: Session, rule: FlagRule, *, now: datetime) -> UpsertCoun
     all_ids = [exchange_id for ids in evidence_ids.values() for exchange_id in ids]
     summaries = {summary.id: summary for summary in summarize_exchanges(session, all_ids)}
 
-    findings = [_finding(total, evidence_ids.get(total.user_id, []), summaries) for total in totals]
+    findings = [_finding(total, evidence_ids.get(total.user_id, []), summaries, risks[total.user_id]) for total in totals]
     return upsert_flags(session, findings, rule=rule.name, window_s=_seconds(rule.window), now=now)
 
 
 def run_flag_job(
-    session_factory: SessionFactory, settings: FlagSettings, *, now: datetime | None = None
+    session_factory: SessionFactory,
+    settings: FlagSettings,
+    *,
+    risk: RiskSettings | None = None,
+    now: datetime | None = None,
 ) -> FlagJobResult:
     """Run one tick of the flag job in one transaction and record it in `job_runs`.
 
     A failed run is recorded in a transaction of its own, and the error is
     raised again for the scheduler to log.
     """
-    rule = FlagRule.from_settings(settings)
+    rule = FlagRule.from_settings(settings, risk)
     started_at = _utcnow()
     now = now or started_at
     try:
@@ -143,12 +164,17 @@ def _run_locked(session: Session, rule: FlagRule, *, now: datetime) -> FlagJobRe
 
 
 def _finding(
-    total: SlipThroughTotals, exchange_ids: list[str], summaries: dict[str, ScoredExchangeSummary]
+    total: SlipThroughTotals,
+    exchange_ids: list[str],
+    summaries: dict[str, ScoredExchangeSummary],
+    risk: tuple[float, list[SentinelRisk]],
 ) -> FlagFinding:
     cited = [exchange_id for exchange_id in exchange_ids if exchange_id in summaries]
+    score, parts = risk
     evidence = {
         "exchange_ids": cited,
         "probabilities": {exchange_id: summaries[exchange_id].probabilities for exchange_id in cited},
+        "risk": {"score": score, "sentinels": [part.as_json() for part in parts]},
     }
     return FlagFinding(
         user_id=total.user_id,

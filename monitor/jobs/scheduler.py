@@ -94,9 +94,9 @@ def build_scheduler(
     )
     scheduler.add_listener(_listener(counters), EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
 
-    flag_settings = settings.flags
+    flag_settings, risk_settings = settings.flags, settings.risk
     scheduler.add_job(
-        guarded(FLAG_JOB_NAME, lambda: run_flag_job(session_factory, flag_settings), counters),
+        guarded(FLAG_JOB_NAME, lambda: run_flag_job(session_factory, flag_settings, risk=risk_settings), counters),
         trigger=IntervalTrigger(seconds=interval_s, timezone=timezone.utc),
         id=FLAG_JOB_NAME,
         name=FLAG_JOB_NAME,

@@ -19,7 +19,7 @@ from tests.storage.factories import NOW, SENTINELS, scored_exchange
 pytestmark = pytest.mark.postgres
 
 K = 3
-SETTINGS = FlagSettings(min_slip_throughs=K, window_s=3600, interval_s=60)
+SETTINGS = FlagSettings(min_slip_throughs=K, window_s=3600, interval_s=60, min_risk=0.0)
 RULE = "slip_throughs>=3/1h"
 
 
@@ -237,3 +237,48 @@ def test_failed_run_is_recorded_and_raised(session_factory: sessionmaker[Session
     assert [run.status for run in runs] == ["failed"]
     assert runs[0].error is not None
     assert "ValueError" in runs[0].error
+
+
+RISK_SETTINGS = FlagSettings(min_slip_throughs=K, window_s=3600, interval_s=60, min_risk=0.5)
+
+
+def test_risk_rule_name_shows_min_risk() -> None:
+    assert FlagRule.from_settings(RISK_SETTINGS).name == "slip_throughs>=3,risk>=0.5/1h"
+
+
+def test_heavy_benign_user_is_not_flagged(session_factory: sessionmaker[Session]) -> None:
+    # Everyone's requests sit around 0.06 for im_sorry (threshold 0.05), so a heavy
+    # user collects slip-throughs at the population's rate; mallory's are far higher.
+    ordinary = {"im_sorry": 0.06, "i_cant": 0.001}
+    batch = [
+        scored_exchange(user_id=f"user-{i % 20}", probs=ordinary, age=timedelta(minutes=5 + i % 40))
+        for i in range(200)
+    ]
+    batch += [scored_exchange(user_id="heavy", probs=ordinary, age=timedelta(minutes=5 + i % 40)) for i in range(60)]
+    batch += [
+        scored_exchange(user_id="mallory", probs={"im_sorry": 0.7, "i_cant": 0.3}, age=timedelta(minutes=5 + i))
+        for i in range(K)
+    ]
+    _save(session_factory, batch)
+
+    result = run_flag_job(session_factory, RISK_SETTINGS, now=NOW)
+
+    flags = _flags(session_factory)
+    assert [flag.user_id for flag in flags] == ["mallory"]
+    assert result.created == 1
+    assert flags[0].rule == "slip_throughs>=3,risk>=0.5/1h"
+    assert flags[0].evidence["risk"]["score"] >= 0.5
+    sentinels = {part["sentinel"]: part for part in flags[0].evidence["risk"]["sentinels"]}
+    assert sentinels["im_sorry"]["expected_bypassed"] == pytest.approx(3 * 0.7)
+    assert sentinels["im_sorry"]["population_mean"] == pytest.approx(0.06)
+
+
+def test_risk_check_off_flags_heavy_user(session_factory: sessionmaker[Session]) -> None:
+    ordinary = {"im_sorry": 0.06, "i_cant": 0.001}
+    batch = [scored_exchange(user_id="heavy", probs=ordinary, age=timedelta(minutes=5 + i)) for i in range(10)]
+    batch += [scored_exchange(user_id="other", probs=ordinary, age=timedelta(minutes=5 + i)) for i in range(10)]
+    _save(session_factory, batch)
+
+    run_flag_job(session_factory, SETTINGS, now=NOW)
+
+    assert [flag.user_id for flag in _flags(session_factory)] == ["heavy", "other"]

@@ -84,7 +84,7 @@ def test_top_users_respects_limit(session_factory: sessionmaker[Session]) -> Non
 
 def test_top_users_shows_flag_status(session_factory: sessionmaker[Session]) -> None:
     _save(session_factory, _population())
-    run_flag_job(session_factory, FlagSettings(min_slip_throughs=3, window_s=86_400), now=NOW)
+    run_flag_job(session_factory, FlagSettings(min_slip_throughs=3, window_s=86_400, min_risk=0.0), now=NOW)
 
     with session_factory() as session:
         users = {user.user_id: user for user in top_users(session, window=DAY, now=NOW, limit=10)}
@@ -104,7 +104,7 @@ def test_top_users_empty_window(session_factory: sessionmaker[Session]) -> None:
 def test_show_user_counts_flags_and_evidence(session_factory: sessionmaker[Session]) -> None:
     population = _population()
     _save(session_factory, population)
-    run_flag_job(session_factory, FlagSettings(min_slip_throughs=3, window_s=86_400), now=NOW)
+    run_flag_job(session_factory, FlagSettings(min_slip_throughs=3, window_s=86_400, min_risk=0.0), now=NOW)
     alice_slip_ids = sorted(
         item.exchange.id for item in population if item.exchange.user_id == "alice" and item.slip_throughs
     )
@@ -127,7 +127,7 @@ def test_show_user_counts_flags_and_evidence(session_factory: sessionmaker[Sessi
 
 def test_show_user_json_has_no_raw_text(session_factory: sessionmaker[Session]) -> None:
     _save(session_factory, _population())
-    run_flag_job(session_factory, FlagSettings(min_slip_throughs=3, window_s=86_400), now=NOW)
+    run_flag_job(session_factory, FlagSettings(min_slip_throughs=3, window_s=86_400, min_risk=0.0), now=NOW)
 
     with session_factory() as session:
         detail = show_user(session, "alice", window=DAY, now=NOW)
@@ -141,7 +141,7 @@ def test_show_user_json_has_no_raw_text(session_factory: sessionmaker[Session]) 
 
 def test_show_user_keeps_flag_evidence_outside_window(session_factory: sessionmaker[Session]) -> None:
     _save(session_factory, _population())
-    run_flag_job(session_factory, FlagSettings(min_slip_throughs=3, window_s=86_400), now=NOW)
+    run_flag_job(session_factory, FlagSettings(min_slip_throughs=3, window_s=86_400, min_risk=0.0), now=NOW)
 
     with session_factory() as session:
         detail = show_user(session, "bob", window=DAY, now=NOW + timedelta(days=10))
@@ -154,7 +154,7 @@ def test_show_user_keeps_flag_evidence_outside_window(session_factory: sessionma
 
 def test_show_user_reflects_review_status(session_factory: sessionmaker[Session]) -> None:
     _save(session_factory, _population())
-    run_flag_job(session_factory, FlagSettings(min_slip_throughs=3, window_s=86_400), now=NOW)
+    run_flag_job(session_factory, FlagSettings(min_slip_throughs=3, window_s=86_400, min_risk=0.0), now=NOW)
     with session_factory() as session, session.begin():
         flag_id = list_user_flags(session, "bob")[0].id
         assert set_flag_status(session, flag_id, "acknowledged", now=NOW) is True
