@@ -59,3 +59,14 @@ def list_job_runs(session: Session, job: str, *, limit: int = 20) -> list[JobRun
     )
     with translate_errors(f"list runs of job {job}", session):
         return list(session.scalars(query))
+
+
+def tick_already_ran(session: Session, job: str, tick: str) -> bool:
+    """Return whether a run of `job` for the scheduler tick `tick` finished `ok` on any replica."""
+    query = (
+        select(JobRunRecord.id)
+        .where(JobRunRecord.job == job, JobRunRecord.status == "ok", JobRunRecord.detail["tick"].astext == tick)
+        .limit(1)
+    )
+    with translate_errors(f"look up the runs of job {job} for tick {tick}", session):
+        return session.execute(query).first() is not None

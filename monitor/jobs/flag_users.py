@@ -35,7 +35,7 @@ from storage.activity import (
 from storage.engine import SessionFactory, transaction
 from storage.errors import StorageError
 from storage.flags import FlagFinding, UpsertCounts, upsert_flags
-from storage.job_runs import record_job_run, try_advisory_xact_lock
+from storage.job_runs import record_job_run, tick_already_ran, try_advisory_xact_lock
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ class FlagJobResult:
 
     status: Literal["ok", "skipped"]
     rule: str
+    tick: str | None = None
     users_over_threshold: int = 0
     created: int = 0
     updated: int = 0
@@ -112,18 +113,22 @@ def run_flag_job(
     *,
     risk: RiskSettings | None = None,
     now: datetime | None = None,
+    tick_s: int | None = None,
 ) -> FlagJobResult:
     """Run one tick of the flag job in one transaction and record it in `job_runs`.
 
     A failed run is recorded in a transaction of its own, and the error is
-    raised again for the scheduler to log.
+    raised again for the scheduler to log. With `tick_s`, the run belongs to
+    the tick `now` rounded down to a multiple of `tick_s` seconds, and is
+    skipped when any replica already finished that tick.
     """
     rule = FlagRule.from_settings(settings, risk)
     started_at = _utcnow()
     now = now or started_at
+    tick = _tick(now, tick_s) if tick_s else None
     try:
         with transaction(session_factory, "run the flag job") as session:
-            result = _run_locked(session, rule, now=now)
+            result = _run_locked(session, rule, now=now, tick=tick)
             record_job_run(
                 session,
                 job=JOB_NAME,
@@ -149,13 +154,18 @@ def format_duration(duration: timedelta) -> str:
     return f"{seconds}s"
 
 
-def _run_locked(session: Session, rule: FlagRule, *, now: datetime) -> FlagJobResult:
+def _run_locked(session: Session, rule: FlagRule, *, now: datetime, tick: str | None) -> FlagJobResult:
+    # The lock keeps replicas from running at the same time. The tick check
+    # stops a replica that comes later in the same tick from running again.
     if not try_advisory_xact_lock(session, JOB_NAME):
-        return FlagJobResult(status="skipped", rule=rule.name)
+        return FlagJobResult(status="skipped", rule=rule.name, tick=tick)
+    if tick is not None and tick_already_ran(session, JOB_NAME, tick):
+        return FlagJobResult(status="skipped", rule=rule.name, tick=tick)
     counts = flag_users(session, rule, now=now)
     return FlagJobResult(
         status="ok",
         rule=rule.name,
+        tick=tick,
         users_over_threshold=counts.created + counts.updated + counts.unchanged,
         created=counts.created,
         updated=counts.updated,
@@ -212,6 +222,11 @@ def _log_result(result: FlagJobResult) -> None:
         )
     else:
         logger.debug("job %s: rule %s, no flag changed", JOB_NAME, result.rule)
+
+
+def _tick(now: datetime, tick_s: int) -> str:
+    seconds = int(now.timestamp()) // tick_s * tick_s
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat()
 
 
 def _seconds(duration: timedelta) -> int:

@@ -96,7 +96,11 @@ def build_scheduler(
 
     flag_settings, risk_settings = settings.flags, settings.risk
     scheduler.add_job(
-        guarded(FLAG_JOB_NAME, lambda: run_flag_job(session_factory, flag_settings, risk=risk_settings), counters),
+        guarded(
+            FLAG_JOB_NAME,
+            lambda: run_flag_job(session_factory, flag_settings, risk=risk_settings, tick_s=interval_s),
+            counters,
+        ),
         trigger=IntervalTrigger(seconds=interval_s, timezone=timezone.utc),
         id=FLAG_JOB_NAME,
         name=FLAG_JOB_NAME,
