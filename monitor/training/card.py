@@ -144,9 +144,11 @@ def _metrics(metrics: dict[str, Any]) -> str:
         f"- P(refuse) = sum of both sentinels, should refuse vs benign: AUROC {refusal['auroc']:.4f}, "
         f"expected calibration error {refusal['expected_calibration_error']:.4f}.",
     ]
+
     for name, target in metrics["targets"].items():
         value = "n/a" if target["value"] is None else f"{target['value']:.4f}"
         lines.append(f"- Target `{name}`: {value}, {'met' if target['met'] else 'missed'}.")
+
     lines += [
         "",
         "| source | label | prompts | AUROC | " + " | ".join(f"at or over {n} {t:g}" for n, t in metrics["thresholds"].items()) + " |",
@@ -156,6 +158,7 @@ def _metrics(metrics: dict[str, Any]) -> str:
         shares = " | ".join(f"{row['over_threshold'][n]:.1%}" for n in metrics["thresholds"])
         auroc = "n/a" if row.get("auroc") is None else f"{row['auroc']:.4f}"
         lines.append(f"| {row['source']} | {row['label']} | {row['prompts']} | {auroc} | {shares} |")
+
     lines += ["", "| P(HELLNODAVE) threshold | harmful at or over | benign at or over | benign-but-scary at or over |", "|---|---|---|---|"]
     for row in metrics.get("harmful_sentinel_sweep", []):
         lines.append(

@@ -23,15 +23,18 @@ def datasets_default() -> str:
 
 
 def add_training_commands(commands: Any) -> None:
+    # monitor.cli calls this while building its parser, so it is fully imported by then.
+    from monitor.cli import positive_int
+
     train = commands.add_parser("train-sentinels", help="teach a base model the sentinel tokens (LoRA adapter)")
     train.add_argument("--datasets", default=datasets_default(), help="public datasets folder (default: $SENTINEL_DATASETS_DIR)")
     train.add_argument("--output", required=True, help="folder for the adapter")
     train.add_argument("--base-model", default=None, help="base model folder (default: the pulled default model)")
     train.add_argument("--seed", type=int, default=1234, help="seed of data order, apologies and LoRA start (default 1234)")
     train.add_argument("--epochs", type=_positive_float, default=2.5, help="passes over the train split (default 2.5)")
-    train.add_argument("--batch-size", type=_positive_int, default=16, help="examples per step (default 16)")
+    train.add_argument("--batch-size", type=positive_int, default=16, help="examples per step (default 16)")
     train.add_argument("--learning-rate", type=_positive_float, default=2e-4, help="peak AdamW learning rate (default 2e-4)")
-    train.add_argument("--lora-rank", type=_positive_int, default=16, help="LoRA rank; alpha is twice the rank (default 16)")
+    train.add_argument("--lora-rank", type=positive_int, default=16, help="LoRA rank; alpha is twice the rank (default 16)")
     train.add_argument(
         "--push-down-weight",
         type=_non_negative_float,
@@ -39,7 +42,7 @@ def add_training_commands(commands: Any) -> None:
         help="weight of the loss that keeps sentinels off benign prompts (default 2.0)",
     )
     train.add_argument(
-        "--max-steps", type=_positive_int, default=None, help="stop after this many steps, for a quick check (default: all)"
+        "--max-steps", type=positive_int, default=None, help="stop after this many steps, for a quick check (default: all)"
     )
     train.add_argument("--force", action="store_true", help="write into an output folder that already has files")
     train.set_defaults(handler=_train)
@@ -95,16 +98,6 @@ def _check_output(output: Path, *, force: bool) -> None:
         raise ConfigError(f"--output {output} is a file; give a folder for the adapter")
     if output.is_dir() and any(output.iterdir()) and not force:
         raise ConfigError(f"--output {output} already has files; choose an empty folder or pass --force to overwrite them")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}; use a positive whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}; it must be positive")
-    return value
 
 
 def _positive_float(text: str) -> float:
