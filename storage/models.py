@@ -40,6 +40,8 @@ OUTCOME_KINDS = ("refused", "answered", "unknown")
 OUTCOME_DECIDERS = ("field", "sentinel", "detector", "none")
 FLAG_STATUSES = ("open", "acknowledged", "resolved", "false_positive")
 JOB_RUN_STATUSES = ("ok", "skipped", "failed")
+SEVERITIES = ("low", "medium", "high", "critical")
+DELIVERY_STATUSES = ("pending", "delivered", "failed")
 
 
 def _one_of(column: str, values: tuple[str, ...]) -> str:
@@ -79,6 +81,8 @@ class ExchangeRecord(Base):
             postgresql_include=["max_slip_prob"],
             postgresql_where=text("slip_through AND NOT override_trusted"),
         ),
+        # Exchanges ingested since an incremental job's watermark.
+        Index("ix_exchanges_ingested_at", "ingested_at"),
     )
 
     id: Mapped[str] = mapped_column(Text, primary_key=True)
@@ -148,6 +152,7 @@ class FlagRecord(Base):
     __table_args__ = (
         UniqueConstraint("user_id", "rule"),
         CheckConstraint(_one_of("status", FLAG_STATUSES), name="status"),
+        CheckConstraint(_one_of("severity", SEVERITIES), name="severity"),
         Index("ix_flags_status_updated_at", "status", "updated_at"),
     )
 
@@ -161,6 +166,131 @@ class FlagRecord(Base):
     slip_through_count: Mapped[int] = mapped_column(Integer, nullable=False)
     max_prob: Mapped[float] = mapped_column(Double, nullable=False)
     evidence: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    severity: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'medium'"))
+    # Whether the user met the rule at the flag job's latest evaluation; false after a recovery.
+    firing: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    firing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    escalated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    reviewed_by: Mapped[str | None] = mapped_column(Text, nullable=True)
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    review_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class FlagEventRecord(Base):
+    """One transition of a flag: opened, reopened, escalated, recovered, or a reviewer's status change.
+
+    `actor` is `flag_job` for the job's changes and the reviewer's name otherwise.
+    """
+
+    __tablename__ = "flag_events"
+    __table_args__ = (Index("ix_flag_events_flag_id_at", "flag_id", "at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    flag_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("flags.id", ondelete="CASCADE"), nullable=False)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    kind: Mapped[str] = mapped_column(Text, nullable=False)
+    actor: Mapped[str] = mapped_column(Text, nullable=False)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+
+
+class AlertRecord(Base):
+    """One notification, written in the transaction of the change that caused it; `dedup_key` makes it unique."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        UniqueConstraint("dedup_key"),
+        CheckConstraint(_one_of("severity", SEVERITIES), name="severity"),
+        Index("ix_alerts_flag_id_created_at", "flag_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    dedup_key: Mapped[str] = mapped_column(Text, nullable=False)
+    kind: Mapped[str] = mapped_column(Text, nullable=False)
+    severity: Mapped[str] = mapped_column(Text, nullable=False)
+    flag_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("flags.id", ondelete="SET NULL"), nullable=True)
+    user_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    rule: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+
+
+class AlertSinkRecord(Base):
+    """One configured alert sink's health: consecutive failures, and whether it was disabled for them."""
+
+    __tablename__ = "alert_sinks"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    consecutive_failures: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class AlertDeliveryRecord(Base):
+    """The delivery of one alert to one sink: pending (with the next attempt's time), delivered, or failed."""
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (
+        CheckConstraint(_one_of("status", DELIVERY_STATUSES), name="status"),
+        Index("ix_alert_deliveries_pending", "next_attempt_at", postgresql_where=text("status = 'pending'")),
+    )
+
+    alert_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("alerts.id", ondelete="CASCADE"), primary_key=True)
+    sink: Mapped[str] = mapped_column(Text, primary_key=True)
+    status: Mapped[str] = mapped_column(Text, nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class TrustedUserRecord(Base):
+    """One allowlist entry: the user's exchanges are scored and stored but never flagged until `expires_at`.
+
+    Revoking sets `revoked_at` and `revoked_by`; rows are never deleted, so the
+    audit view shows who trusted whom, why, and until when.
+    """
+
+    __tablename__ = "trusted_users"
+    __table_args__ = (
+        CheckConstraint("expires_at > created_at", name="expiry_after_creation"),
+        Index("ix_trusted_users_user_id_expires_at", "user_id", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    user_id: Mapped[str] = mapped_column(Text, nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    approver: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class JobWatermarkRecord(Base):
+    """How far an incremental job has read: exchanges ingested up to `watermark` are processed."""
+
+    __tablename__ = "job_watermarks"
+
+    job: Mapped[str] = mapped_column(Text, primary_key=True)
+    watermark: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class PopulationBaselineRecord(Base):
+    """Cached population sums of one sentinel over the window of `window_s` seconds ending at `window_end`."""
+
+    __tablename__ = "population_baselines"
+
+    window_s: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sentinel: Mapped[str] = mapped_column(Text, primary_key=True)
+    window_end: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    count: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    total: Mapped[float] = mapped_column(Double, nullable=False)
+    total_squares: Mapped[float] = mapped_column(Double, nullable=False)
 
 
 class JobRunRecord(Base):

@@ -24,7 +24,19 @@ from storage.engine import create_engine, create_session_factory
 from storage.migrate import upgrade
 
 DEFAULT_TEST_DATABASE_URL = "postgresql+psycopg://sentinel@127.0.0.1:15432/sentinel_test"
-TABLES = ("job_runs", "flags", "scores", "exchanges")
+TABLES = (
+    "job_runs",
+    "flags",
+    "scores",
+    "exchanges",
+    "flag_events",
+    "alerts",
+    "alert_sinks",
+    "alert_deliveries",
+    "trusted_users",
+    "job_watermarks",
+    "population_baselines",
+)
 
 
 def database_url_for_tests() -> str:

@@ -16,7 +16,19 @@ from tests.conftest_db import database_url_for_tests, fresh_schema
 
 pytestmark = pytest.mark.postgres
 
-TABLES = {"exchanges", "scores", "flags", "job_runs"}
+TABLES = {
+    "exchanges",
+    "scores",
+    "flags",
+    "job_runs",
+    "flag_events",
+    "alerts",
+    "alert_sinks",
+    "alert_deliveries",
+    "trusted_users",
+    "job_watermarks",
+    "population_baselines",
+}
 
 
 def _tables(settings: DatabaseSettings) -> set[str]:
