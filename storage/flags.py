@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from storage.errors import StorageError, translate_errors
-from storage.models import FLAG_STATUSES, Base, FlagRecord
+from storage.models import FLAG_STATUSES, Base, FlagEventRecord, FlagRecord
 from storage.sql import equals_any
 
 FLAGS: Table = Base.metadata.tables["flags"]
@@ -73,11 +73,22 @@ def list_user_flags(session: Session, user_id: str) -> list[FlagRecord]:
         return list(session.scalars(query))
 
 
-def list_flags(session: Session, *, status: str | None = None, limit: int = 100) -> list[FlagRecord]:
-    """Return flags, optionally with one status, most recently updated first."""
+def list_flags(
+    session: Session,
+    *,
+    status: str | None = None,
+    rule: str | None = None,
+    user_id: str | None = None,
+    severity: str | None = None,
+    firing: bool | None = None,
+    limit: int = 100,
+) -> list[FlagRecord]:
+    """Return flags that match every filter given, most recently updated first."""
     query = select(FlagRecord).order_by(FlagRecord.updated_at.desc(), FlagRecord.id.desc()).limit(limit)
-    if status is not None:
-        query = query.where(FlagRecord.status == status)
+    filters = {"status": status, "rule": rule, "user_id": user_id, "severity": severity, "firing": firing}
+    for name, value in filters.items():
+        if value is not None:
+            query = query.where(getattr(FlagRecord, name) == value)
     with translate_errors("list flags", session):
         return list(session.scalars(query))
 
@@ -98,11 +109,55 @@ def active_flag_status(session: Session, user_ids: Sequence[str]) -> dict[str, s
 
 def set_flag_status(session: Session, flag_id: int, status: str, *, now: datetime) -> bool:
     """Set the review status of a flag, and return False when no flag has that id."""
+    return review_flag(session, flag_id, status, actor="unknown", note=None, now=now) is not None
+
+
+def review_flag(
+    session: Session, flag_id: int, status: str, *, actor: str, note: str | None, now: datetime
+) -> FlagRecord | None:
+    """Set a flag's review status on behalf of `actor`, record the event, and return the flag (None if no such id).
+
+    Setting the status a flag already has still records the event, so a
+    reviewer's note is never lost.
+    """
     if status not in FLAG_STATUSES:
         raise StorageError(f"invalid flag status {status!r}. Choose one of {', '.join(FLAG_STATUSES)}")
-    query = update(FLAGS).where(FLAGS.c.id == flag_id).values(status=status, updated_at=now).returning(FLAGS.c.id)
+    if not actor.strip():
+        raise StorageError("a flag review needs the reviewer's name; give a non-empty actor")
+    query = (
+        update(FLAGS)
+        .where(FLAGS.c.id == flag_id)
+        .values(status=status, updated_at=now, reviewed_by=actor, reviewed_at=now, review_note=note)
+        .returning(FLAGS.c.id)
+    )
     with translate_errors(f"set the status of flag {flag_id}", session):
-        return session.execute(query).first() is not None
+        if session.execute(query).first() is None:
+            return None
+        record_flag_event(session, flag_id, status, actor=actor, note=note, now=now)
+        return session.get(FlagRecord, flag_id, populate_existing=True)
+
+
+def record_flag_event(
+    session: Session,
+    flag_id: int,
+    kind: str,
+    *,
+    actor: str,
+    now: datetime,
+    note: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Append one transition to the flag's history in `flag_events`."""
+    values = {"flag_id": flag_id, "at": now, "kind": kind, "actor": actor, "note": note, "detail": detail or {}}
+    with translate_errors(f"record a {kind} event of flag {flag_id}", session):
+        session.execute(insert(FlagEventRecord).values(**values))
+
+
+def list_flag_events(session: Session, flag_id: int) -> list[FlagEventRecord]:
+    """Return a flag's history, oldest first."""
+    query = select(FlagEventRecord).where(FlagEventRecord.flag_id == flag_id).order_by(FlagEventRecord.at, FlagEventRecord.id)
+    with translate_errors(f"list the events of flag {flag_id}", session):
+        return list(session.scalars(query))
 
 
 def _flag_row(finding: FlagFinding, *, rule: str, window_s: int, now: datetime) -> dict[str, Any]:
