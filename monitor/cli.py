@@ -5,22 +5,28 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 from contextlib import ExitStack
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Sequence
 
-from monitor import __version__
+from monitor import __version__, durations
+from monitor.alerts_cli import add_alerts_command
+from monitor.api_cli import add_api_commands
 from monitor.consistency_cli import add_consistency_command
 from monitor.errors import ConfigError, InvalidExchangeError, SentinelMonitorError
+from monitor.flags_cli import add_flags_commands
 from monitor.logs import configure_logging
+from monitor.overrides_cli import add_overrides_command
 from monitor.probe import add_probe_command
 from monitor.replay import ReplayInputError
-from monitor.training.commands import add_training_commands
+from monitor.scenario import ScenarioError
+from monitor.scenario_cli import add_scenario_command
+from monitor.training.commands import add_training_commands, datasets_default
 from monitor.training.data import DatasetError
 from monitor.settings import Settings, load_settings
+from monitor.text_table import render_table
 
 logger = logging.getLogger("monitor.cli")
 
@@ -28,16 +34,12 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
 def parse_duration(text: str) -> timedelta:
     """Parse '90s', '15m', '24h', '7d' or '2w' into a timedelta."""
-    match = _DURATION.match(text.strip().lower())
-    if not match or float(match.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}; use a positive number and s, m, h, d or w")
-    return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    try:
+        return durations.parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def positive_int(text: str) -> int:
@@ -88,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_commands(commands)
     add_consistency_command(commands)
     add_probe_command(commands)
+    add_scenario_command(commands, datasets_default())
+    add_api_commands(commands)
+    add_flags_commands(commands)
+    add_alerts_command(commands)
+    add_overrides_command(commands)
     return parser
 
 
@@ -136,6 +143,7 @@ def _add_run_command(commands: Any) -> None:
         help="exit once every message on the topic is processed, after one flag-job run",
     )
     run.add_argument("--no-scheduler", action="store_true", help="consume only; do not run scheduled jobs")
+    run.add_argument("--no-api", action="store_true", help="do not serve the HTTP API (see also api.enabled)")
     run.set_defaults(handler=_run)
 
 
@@ -151,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         handler: Callable[[argparse.Namespace, Settings], int] = args.handler
         return handler(args, settings)
-    except (ConfigError, InvalidExchangeError, ReplayInputError, DatasetError) as exc:
+    except (ConfigError, InvalidExchangeError, ReplayInputError, DatasetError, ScenarioError) as exc:
         print(f"sentinel-monitor: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except SentinelMonitorError as exc:
@@ -261,12 +269,12 @@ def _db_stats(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _users_top(args: argparse.Namespace, settings: Settings) -> int:
-    from monitor.users import top_users
+    from monitor.users import top_users, top_users_json
 
     with _session(settings) as session:
         users = top_users(session, window=args.window, now=_now(), limit=args.limit, risk=settings.risk)
     if args.json:
-        print(json.dumps({"window_s": args.window.total_seconds(), "users": [u.as_json() for u in users]}, indent=2))
+        print(json.dumps(top_users_json(args.window, users), indent=2))
         return EXIT_OK
     if not users:
         print(f"no slip-throughs in the last {_format_window(args.window)}")
@@ -288,7 +296,7 @@ def _users_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _users_risk(args: argparse.Namespace, settings: Settings) -> int:
-    from monitor.user_risk import format_user_risk, user_risk
+    from monitor.user_risk import format_user_risk, user_risk, user_risk_json
 
     with _session(settings) as session:
         windows = user_risk(session, args.user, settings.risk, now=_now())
@@ -297,19 +305,25 @@ def _users_risk(args: argparse.Namespace, settings: Settings) -> int:
         print(f"sentinel-monitor: user {args.user!r} has no exchanges in the last {_format_window(longest)}", file=sys.stderr)
         return EXIT_FAILURE
     if args.json:
-        print(json.dumps({"user_id": args.user, "windows": [window.as_json() for window in windows]}, indent=2))
+        print(json.dumps(user_risk_json(args.user, windows), indent=2))
     else:
         print(format_user_risk(args.user, windows))
     return EXIT_OK
 
 
 def _users_flag(args: argparse.Namespace, settings: Settings) -> int:
-    from monitor.jobs.flag_users import run_flag_job
+    from monitor.jobs.flag_users import AlertOptions, run_flag_job
     from storage.engine import create_engine, create_session_factory
 
     engine = create_engine(settings=settings.database)
     try:
-        result = run_flag_job(create_session_factory(engine=engine), settings.flags, risk=settings.risk, now=_now())
+        result = run_flag_job(
+            create_session_factory(engine=engine),
+            settings.flags,
+            risk=settings.risk,
+            alerts=AlertOptions.from_settings(settings.alerts),
+            now=_now(),
+        )
     finally:
         engine.dispose()
     if args.json:
@@ -319,7 +333,8 @@ def _users_flag(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(
             f"rule {result.rule}: {result.users_over_threshold} user(s) over the threshold; "
-            f"flags created {result.created}, updated {result.updated}, unchanged {result.unchanged}"
+            f"flags created {result.created}, updated {result.updated}, unchanged {result.unchanged}, "
+            f"recovered {result.recovered}"
         )
     return EXIT_OK
 
@@ -391,7 +406,11 @@ def _replay_messages(
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     from monitor.daemon import DaemonOptions, ShutdownRequested, run_daemon
 
-    options = DaemonOptions(until_caught_up=args.until_caught_up, with_scheduler=not args.no_scheduler)
+    options = DaemonOptions(
+        until_caught_up=args.until_caught_up,
+        with_scheduler=not args.no_scheduler,
+        with_api=settings.api.enabled and not args.no_api,
+    )
     try:
         stats = run_daemon(settings, options)
     except ShutdownRequested as exc:
@@ -453,7 +472,7 @@ def _format_top(users: Sequence[Any], window: timedelta) -> str:
         table.append(
             [row["user_id"], str(row["exchanges"]), str(row["slip_throughs"]), risk, row.get("flag_status") or "-", probabilities]
         )
-    return f"users by slip-throughs in the last {_format_window(window)}:\n" + _render_table(table, right=(1, 2, 3))
+    return f"users by slip-throughs in the last {_format_window(window)}:\n" + render_table(table, right=(1, 2, 3))
 
 
 def _format_detail(detail: dict[str, Any]) -> str:
@@ -479,25 +498,13 @@ def _format_detail(detail: dict[str, Any]) -> str:
             f"{name}={value:.3g}{'*' if name in slipped else ''}" for name, value in sorted(item["probabilities"].items())
         )
         table.append([item["id"], _short_time(item["created_at"]), item["outcome"], probabilities])
-    return "\n".join(lines) + "\n" + _render_table(table)
+    return "\n".join(lines) + "\n" + render_table(table)
 
 
 def _short_time(value: str) -> str:
     """Format an ISO timestamp to the second, in UTC: 2026-12-04 21:56:07Z."""
     moment = datetime.fromisoformat(value).astimezone(timezone.utc)
     return moment.strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _render_table(rows: list[list[str]], right: tuple[int, ...] = ()) -> str:
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    lines = []
-    for row in rows:
-        cells = [
-            cell.rjust(widths[column]) if column in right else cell.ljust(widths[column])
-            for column, cell in enumerate(row)
-        ]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from monitor.errors import ConfigError, InvalidExchangeError
 from monitor.exchange import ChatMessage
 from monitor.sentinels import Sentinel
 from monitor.settings import Settings
+from monitor.text_table import render_table
 
 EXIT_OK = 0
 
@@ -355,7 +356,7 @@ def _render_groups(named: Sequence[tuple[str, RequestGroup]], texts: dict[str, s
             name, str(group.size), f"{group.refusals}/{group.size}", "yes" if group.flips else "no",
             f"{group.max_spread:.3g}", spreads, ids,
         ])  # fmt: skip
-    rows = _render_table(table, right=(1, 2, 4))
+    rows = render_table(table, right=(1, 2, 4))
     if not texts:
         return rows
     lines = rows.split("\n")
@@ -375,13 +376,3 @@ def _short_time(value: str) -> str:
     return datetime.fromisoformat(value).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _render_table(rows: list[list[str]], right: tuple[int, ...] = ()) -> str:
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    lines = []
-    for row in rows:
-        cells = [
-            cell.rjust(widths[column]) if column in right else cell.ljust(widths[column])
-            for column, cell in enumerate(row)
-        ]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)

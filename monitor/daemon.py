@@ -16,10 +16,13 @@ from consumers.dead_letter import DeadLetterWriter
 from consumers.errors import BrokerUnavailableError
 from consumers.loop import ConsumerLoop, LoopStats
 from consumers.processor import BatchProcessor
+from monitor.alerts.dispatcher import run_alert_dispatch
+from monitor.alerts.sinks import build_sinks
+from monitor.api.server import BackgroundApiServer, start_background_server
 from monitor.errors import ConfigError, SentinelMonitorError
 from monitor.exchange import Exchange
 from monitor.guard import InputGuard, sentinel_token_ids
-from monitor.jobs.flag_users import run_flag_job
+from monitor.jobs.flag_users import AlertOptions, run_flag_job
 from monitor.jobs.scheduler import build_scheduler
 from monitor.model_store import load_scorer
 from monitor.scoring.prompts import EncodedPrompt
@@ -45,6 +48,8 @@ class ShutdownRequested(SentinelMonitorError):
 class DaemonOptions:
     until_caught_up: bool = False
     with_scheduler: bool = True
+    # Serve the HTTP API on a background thread; the CLI sets it from api.enabled.
+    with_api: bool = False
 
 
 def make_persist(session_factory: SessionFactory, settings: Settings) -> Callable[[Sequence[ScoredExchange]], int]:
@@ -103,20 +108,42 @@ def run_daemon(settings: Settings, options: DaemonOptions, stop: threading.Event
         settings.kafka.group_id,
         scorer.identity.model_id,
     )
+    api: BackgroundApiServer | None = None
     try:
+        # 5. The HTTP API runs on a thread of its own.
+        if options.with_api:
+            api = start_background_server(settings, session_factory)
         stats = loop.run(until_caught_up=options.until_caught_up)
         if options.until_caught_up and options.with_scheduler and not stop.is_set():
             # The scheduled run may have happened before the last batch; flag on everything stored.
-            run_flag_job(session_factory, settings.flags, risk=settings.risk)
+            run_flag_job(
+                session_factory, settings.flags, risk=settings.risk, alerts=AlertOptions.from_settings(settings.alerts)
+            )
+            _deliver_alerts_once(settings, session_factory)
         return stats
     finally:
         # Shutdown phases: the consumer has finished its batch and left the group;
-        # now stop the scheduler, then close the producer and the database pool.
+        # now stop the API and the scheduler, then close the producer and the database pool.
+        if api is not None:
+            api.stop()
         if scheduler is not None:
             scheduler.shutdown(wait=True)
         producer.close(timeout=10)
         engine.dispose()
         logger.info("daemon stopped")
+
+
+def _deliver_alerts_once(settings: Settings, session_factory: SessionFactory) -> None:
+    """Deliver the alerts of the final flag run before exiting, so that a one-shot run does not leave them pending."""
+    sinks = build_sinks(settings.alerts, settings.kafka)
+    if not sinks:
+        return
+    try:
+        result = run_alert_dispatch(session_factory, settings.alerts, sinks)
+        logger.info("delivered %d alert(s) before exiting, %d failed", result.delivered, result.failed)
+    finally:
+        for sink in sinks.values():
+            sink.close()
 
 
 def _check_schema(settings: Settings) -> None:

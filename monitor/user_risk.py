@@ -10,8 +10,16 @@ from sqlalchemy.orm import Session
 
 from monitor.risk import ProbabilitySums, SentinelRisk, risk_score, sentinel_risk
 from monitor.settings import RiskSettings
-from storage.activity import TimeWindow, count_user_exchanges
-from storage.risk import UserSentinelSums, population_sums, top_contributions, user_sums
+from storage.activity import ExchangeCounts, TimeWindow
+from storage.baselines import baseline_key, cached_population_sums
+from storage.risk import (
+    UserSentinelSums,
+    count_user_exchanges_by_window,
+    population_sums,
+    top_contributions_by_window,
+    user_sums,
+    user_sums_by_window,
+)
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,7 @@ def risk_for_users(
     session: Session, user_ids: list[str], window: TimeWindow, settings: RiskSettings
 ) -> dict[str, tuple[float, list[SentinelRisk]]]:
     """Compute the risk score of several users in one window, with one population query."""
-    population = population_sums(session, window)
+    population = _population(session, {window: False}, settings)[window]
     sums = user_sums(session, user_ids, window)
     result = {}
     for user_id in user_ids:
@@ -68,49 +76,112 @@ def risk_for_users(
 
 
 def user_risk(session: Session, user_id: str, settings: RiskSettings, *, now: datetime) -> list[WindowRisk]:
-    """Compute the user's risk in each configured window ending at `now`."""
-    return [_window_risk(session, user_id, window_s, settings, now) for window_s in settings.windows_s]
+    """Compute the user's risk in each configured window ending at `now`.
+
+    The population sums come from the cache (storage/baselines.py). The
+    user's own numbers take one query each for the sums over every window and
+    the window before it, the exchange counts, and the evidence.
+    """
+    pairs = [_window_pair(now, window_s) for window_s in settings.windows_s]
+    current = [window for window, _ in pairs]
+    population = _population(session, {w: previous for pair in pairs for w, previous in zip(pair, (False, True))}, settings)
+    mine = user_sums_by_window(session, user_id, [w for pair in pairs for w in pair])
+    counts = count_user_exchanges_by_window(session, user_id, current)
+    evidence = top_contributions_by_window(session, user_id, current, limit=settings.evidence_limit)
+    return [
+        _window_risk(
+            window_s,
+            _WindowFacts(pair, (mine[2 * i], mine[2 * i + 1]), counts[i], evidence[i]),
+            population,
+            settings,
+        )
+        for i, (window_s, pair) in enumerate(zip(settings.windows_s, pairs))
+    ]
 
 
-def _window_risk(session: Session, user_id: str, window_s: int, settings: RiskSettings, now: datetime) -> WindowRisk:
+@dataclass(frozen=True)
+class _WindowFacts:
+    """One user's numbers for one report window and the window before it."""
+
+    windows: tuple[TimeWindow, TimeWindow]
+    sums: tuple[dict[str, UserSentinelSums], dict[str, UserSentinelSums]]
+    counts: ExchangeCounts
+    evidence: list[tuple[str, str, float]]
+
+
+def _window_pair(now: datetime, window_s: int) -> tuple[TimeWindow, TimeWindow]:
     length = timedelta(seconds=window_s)
-    window = TimeWindow.ending(now, length)
-    previous = TimeWindow.ending(now - length, length)
+    return TimeWindow.ending(now, length), TimeWindow.ending(now - length, length)
 
-    parts, sums = _parts(session, user_id, window, settings)
-    previous_parts, _ = _parts(session, user_id, previous, settings)
-    counts = count_user_exchanges(session, [user_id], window).get(user_id)
+
+def _population(
+    session: Session, windows: dict[TimeWindow, bool], settings: RiskSettings
+) -> dict[TimeWindow, dict[str, ProbabilitySums]]:
+    """Sum the population over each window, which maps to whether it is the window before a report window."""
+    keyed: dict[int, TimeWindow] = {}
+    result: dict[TimeWindow, dict[str, ProbabilitySums]] = {}
+    for window, previous in windows.items():
+        length = window.end - window.start
+        if length.total_seconds() != int(length.total_seconds()):
+            # Cache keys are whole seconds.
+            result[window] = population_sums(session, window)
+        else:
+            keyed[baseline_key(int(length.total_seconds()), previous=previous)] = window
+    max_age = timedelta(seconds=settings.baseline_max_age_s)
+    for key, sums in cached_population_sums(session, keyed, max_age=max_age).items():
+        result[keyed[key]] = sums
+    return result
+
+
+def _window_risk(
+    window_s: int,
+    facts: _WindowFacts,
+    population: dict[TimeWindow, dict[str, ProbabilitySums]],
+    settings: RiskSettings,
+) -> WindowRisk:
+    window, previous = facts.windows
+    mine, before = facts.sums
+    parts = _sentinel_parts(population[window], mine, settings)
+    previous_parts = _sentinel_parts(population[previous], before, settings)
     return WindowRisk(
         window_s=window_s,
-        exchanges=counts.exchanges if counts else 0,
+        exchanges=facts.counts.exchanges,
         answered=max((part.answered for part in parts), default=0),
-        injection_attempts=counts.injection_attempts if counts else 0,
-        slip_throughs={name: entry.slip_throughs for name, entry in sums.items()},
-        max_prob={name: entry.max_prob for name, entry in sums.items()},
+        injection_attempts=facts.counts.injection_attempts,
+        slip_throughs={name: entry.slip_throughs for name, entry in mine.items()},
+        max_prob={name: entry.max_prob for name, entry in mine.items()},
         expected_bypassed=sum(part.expected_bypassed for part in parts),
         sentinels=tuple(parts),
         risk=risk_score(parts, scale=settings.scale),
         previous_risk=risk_score(previous_parts, scale=settings.scale),
-        evidence=tuple(top_contributions(session, user_id, window, limit=settings.evidence_limit)),
+        evidence=tuple(facts.evidence),
     )
-
-
-def _parts(
-    session: Session, user_id: str, window: TimeWindow, settings: RiskSettings
-) -> tuple[list[SentinelRisk], dict[str, UserSentinelSums]]:
-    population = population_sums(session, window)
-    mine = user_sums(session, [user_id], window).get(user_id, {})
-    return _sentinel_parts(population, mine, settings), mine
 
 
 def _sentinel_parts(
     population: dict[str, ProbabilitySums], mine: dict[str, UserSentinelSums], settings: RiskSettings
 ) -> list[SentinelRisk]:
     # A sentinel the user has no answered exchange for still appears, with n = 0 and no excess.
-    return [
-        sentinel_risk(name, mine[name].sums if name in mine else ProbabilitySums(), totals, z=settings.z)
-        for name, totals in sorted(population.items())
-    ]
+    parts = []
+    for name in sorted(population.keys() | mine.keys()):
+        user = mine[name].sums if name in mine else ProbabilitySums()
+        parts.append(sentinel_risk(name, user, _covering(population.get(name, ProbabilitySums()), user), z=settings.z))
+    return parts
+
+
+def _covering(population: ProbabilitySums, user: ProbabilitySums) -> ProbabilitySums:
+    # Cached population sums can miss a few of the user's newest rows (docs/risk.md), and
+    # leaving the user out must not take the rest of the population below zero.
+    return ProbabilitySums(
+        max(population.count, user.count),
+        max(population.total, user.total),
+        max(population.total_squares, user.total_squares),
+    )
+
+
+def user_risk_json(user_id: str, windows: list[WindowRisk]) -> dict[str, Any]:
+    """Build the JSON of a user's risk report, shared by `users risk --json` and the HTTP API."""
+    return {"user_id": user_id, "windows": [window.as_json() for window in windows]}
 
 
 def format_user_risk(user_id: str, windows: list[WindowRisk]) -> str:

@@ -186,6 +186,11 @@ def top_users(
     ]
 
 
+def top_users_json(window: timedelta, users: list[UserRisk]) -> dict[str, Any]:
+    """Build the JSON of a user ranking, shared by `users top --json` and the HTTP API."""
+    return {"window_s": window.total_seconds(), "users": [user.as_json() for user in users]}
+
+
 def show_user(session: Session, user_id: str, *, window: timedelta, now: datetime) -> UserDetail | None:
     """Return one user's counts, flags and evidence for the window ending at `now`.
 

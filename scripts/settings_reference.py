@@ -8,7 +8,7 @@ import typing
 from pathlib import Path
 
 from monitor.sentinels import Sentinel
-from monitor.settings import ENV_PREFIX, PREFIX_SENTINELS, Settings
+from monitor.settings import ENV_PREFIX, PREFIX_SENTINELS, RuleSettings, Settings
 
 
 def describe_type(hint: object) -> str:
@@ -16,18 +16,30 @@ def describe_type(hint: object) -> str:
         return " or ".join(f"`{value}`" for value in typing.get_args(hint))
     if typing.get_origin(hint) is tuple and typing.get_args(hint)[0] is int:
         return "list of int"
+    if typing.get_origin(hint) is tuple and typing.get_args(hint)[0] is str:
+        return "list of str"
+    if typing.get_origin(hint) is tuple and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+        return "list of tables"
+    if typing.get_origin(hint) is dict:
+        return "table of float"
     return getattr(hint, "__name__", str(hint))
 
 
 def describe_default(field: dataclasses.Field[object]) -> str:
     if field.default is not dataclasses.MISSING:
         value = field.default
+        if value == ():
+            return "empty"
+        if value == "" and field.name == "name":
+            return "required"
         if isinstance(value, tuple) and all(isinstance(item, int) for item in value):
             return "`" + ", ".join(str(item) for item in value) + "`"
         if isinstance(value, tuple):
             return "see below"
         # Show the home folder as ~ so the page does not depend on who built it.
         return f"`{str(value).replace(str(Path.home()), '~')}`"
+    if field.default_factory is not dataclasses.MISSING:
+        return "empty"
     return ""
 
 
@@ -62,6 +74,19 @@ def main() -> None:
     print("Score it on refusal prefixes instead; these thresholds are the 95th percentiles over the safe")
     print("XSTest prompts on the stock model (docs/scoring.md):\n")
     print_sentinels(PREFIX_SENTINELS)
+    print_rule_fields()
+
+
+def print_rule_fields() -> None:
+    print("\n## Flag rules\n")
+    print("`[[flags.rules]]` tables, or a JSON list in `SENTINEL_FLAGS__RULES`. When none are given, the")
+    print("flat `flags.*` settings above make one default rule. docs/flags.md explains how rules are applied.\n")
+    print("| field | type | default | meaning |")
+    print("|---|---|---|---|")
+    hints = typing.get_type_hints(RuleSettings)
+    for field in dataclasses.fields(RuleSettings):
+        doc = field.metadata.get("doc", "")
+        print(f"| `{field.name}` | {describe_type(hints[field.name])} | {describe_default(field)} | {doc} |")
 
 
 def print_sentinels(sentinels: tuple[Sentinel, ...]) -> None:

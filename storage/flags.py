@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, case, or_, select, update
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from storage.errors import StorageError, translate_errors
-from storage.models import FLAG_STATUSES, Base, FlagEventRecord, FlagRecord
+from storage.models import FLAG_STATUSES, SEVERITIES, AlertRecord, Base, FlagEventRecord, FlagRecord
 from storage.sql import equals_any
 
 FLAGS: Table = Base.metadata.tables["flags"]
@@ -21,49 +21,172 @@ ACTIVE_STATUSES = ("open", "acknowledged")
 CLOSED_STATUSES = ("resolved", "false_positive")
 
 
+SEVERITY_RANK = {severity: rank for rank, severity in enumerate(SEVERITIES)}
+JOB_ACTOR = "flag_job"
+
+
 @dataclass(frozen=True)
 class FlagFinding:
-    """A user who meets a flag rule in the current window, with the count, maximum probability and evidence."""
+    """A user who meets a flag rule in the current window, with the count, maximum probability, evidence and severity."""
 
     user_id: str
     slip_through_count: int
     max_prob: float
     evidence: dict[str, Any]
+    severity: str = "high"
+
+
+@dataclass(frozen=True)
+class FlagSnapshot:
+    """A flag's state right after a transition, for the alert about it."""
+
+    id: int
+    user_id: str
+    rule: str
+    status: str
+    severity: str
+    opened_at: datetime
+    firing_since: datetime | None
+    window_s: int
+    slip_through_count: int
+    max_prob: float
+    risk: float | None
+    exchange_ids: tuple[str, ...]
+
+    @classmethod
+    def of(cls, flag: FlagRecord) -> FlagSnapshot:
+        risk = flag.evidence.get("risk", {}).get("score")
+        return cls(
+            id=flag.id,
+            user_id=flag.user_id,
+            rule=flag.rule,
+            status=flag.status,
+            severity=flag.severity,
+            opened_at=flag.opened_at,
+            firing_since=flag.firing_since,
+            window_s=flag.window_s,
+            slip_through_count=flag.slip_through_count,
+            max_prob=flag.max_prob,
+            risk=float(risk) if risk is not None else None,
+            exchange_ids=tuple(flag.evidence.get("exchange_ids", ())),
+        )
+
+
+@dataclass(frozen=True)
+class FlagTransition:
+    """A change of a flag that raises an alert: opened, reopened, escalated or recovered."""
+
+    kind: str
+    flag: FlagSnapshot
 
 
 @dataclass(frozen=True)
 class UpsertCounts:
-    """How many flags an upsert created, changed, and left unchanged."""
+    """How many flags an upsert created, changed, and left unchanged, and the transitions among the changes."""
 
     created: int
     updated: int
     unchanged: int
+    transitions: tuple[FlagTransition, ...] = ()
 
 
 def upsert_flags(
     session: Session, findings: Sequence[FlagFinding], *, rule: str, window_s: int, now: datetime
 ) -> UpsertCounts:
-    """Create an open flag for each finding, or update the user's flag under `rule`.
+    """Create an open flag for each finding, or update the user's flag under `rule`, and record the transitions.
 
-    An existing flag changes only when its evidence, count or maximum
-    probability differ, so running the job again on the same data changes
-    nothing. A resolved or false-positive flag is opened again when the new
-    evidence cites an exchange that its old evidence did not. An acknowledged
-    flag keeps its status.
+    - No flag yet: a new open, firing flag (`opened`).
+    - A resolved or false-positive flag whose new evidence cites an exchange
+      the old evidence did not: open again (`reopened`).
+    - An active (open or acknowledged) flag that had recovered: firing and
+      open again (`reopened`).
+    - An active flag whose finding has a higher severity: the new severity,
+      and open again if it was acknowledged (`escalated`). While a flag is
+      active its severity never goes down.
+    - Otherwise the evidence, count and maximum are updated when they differ,
+      and nothing changes when they do not, so running the job again on the
+      same data changes nothing. An acknowledged flag keeps its status.
+
+    The caller holds the flag job's advisory lock, so no other writer creates
+    flags meanwhile; the rows are still locked while they are compared.
     """
     if not findings:
         return UpsertCounts(created=0, updated=0, unchanged=0)
-
     user_ids = [finding.user_id for finding in findings]
-    existing_query = select(FLAGS.c.user_id).where(FLAGS.c.rule == rule, equals_any(FLAGS.c.user_id, user_ids))
-    rows = [_flag_row(finding, rule=rule, window_s=window_s, now=now) for finding in findings]
-    with translate_errors(f"upsert {len(rows)} flags for rule {rule}", session):
-        existing = set(session.scalars(existing_query))
-        changed = set(session.scalars(_upsert_statement(), rows))
+    query = (
+        select(FlagRecord)
+        .where(FlagRecord.rule == rule, equals_any(FlagRecord.user_id, user_ids))
+        .with_for_update()
+    )
+    with translate_errors(f"upsert {len(findings)} flags for rule {rule}", session):
+        existing = {flag.user_id: flag for flag in session.scalars(query)}
+        created = updated = 0
+        transitions: list[FlagTransition] = []
+        for finding in findings:
+            flag = existing.get(finding.user_id)
+            if flag is None:
+                flag = _new_flag(session, finding, rule=rule, window_s=window_s, now=now)
+                created += 1
+                kind: str | None = "opened"
+            else:
+                kind, changed = _update_flag(flag, finding, window_s=window_s, now=now)
+                updated += changed
+            if kind is not None:
+                record_flag_event(session, flag.id, kind, actor=JOB_ACTOR, now=now, detail=_event_detail(flag))
+                transitions.append(FlagTransition(kind=kind, flag=FlagSnapshot.of(flag)))
+        session.flush()
+    return UpsertCounts(
+        created=created, updated=updated, unchanged=len(findings) - created - updated, transitions=tuple(transitions)
+    )
 
-    created = len(changed - existing)
-    updated = len(changed & existing)
-    return UpsertCounts(created=created, updated=updated, unchanged=len(findings) - created - updated)
+
+def firing_flag_users(session: Session, rule: str) -> list[str]:
+    """Return the users whose flag under `rule` is firing (met the rule at the latest evaluation)."""
+    query = select(FlagRecord.user_id).where(FlagRecord.rule == rule, FlagRecord.firing)
+    with translate_errors(f"list firing flags of rule {rule}", session):
+        return list(session.scalars(query))
+
+
+def recover_flags(
+    session: Session, *, rule: str, evaluated: Sequence[str] | None, meeting: set[str], now: datetime
+) -> list[FlagTransition]:
+    """Stop the firing of flags under `rule` whose users were evaluated and no longer meet it.
+
+    An active flag records a `recovered` transition; a closed one only stops firing.
+    """
+    query = select(FlagRecord).where(FlagRecord.rule == rule, FlagRecord.firing).with_for_update()
+    if evaluated is not None:
+        query = query.where(equals_any(FlagRecord.user_id, evaluated))
+    transitions = []
+    with translate_errors(f"recover flags of rule {rule}", session):
+        for flag in session.scalars(query):
+            if flag.user_id in meeting:
+                continue
+            flag.firing = False
+            flag.updated_at = now
+            if flag.status in ACTIVE_STATUSES:
+                record_flag_event(session, flag.id, "recovered", actor=JOB_ACTOR, now=now, detail=_event_detail(flag))
+                transitions.append(FlagTransition(kind="recovered", flag=FlagSnapshot.of(flag)))
+        session.flush()
+    return transitions
+
+
+def flags_due_for_renotify(session: Session, rule: str, *, last_alert_before: datetime) -> list[FlagSnapshot]:
+    """Return open, firing flags under `rule` whose latest alert is older than `last_alert_before`.
+
+    Acknowledged flags are not re-notified: someone is on them.
+    """
+    latest_alert = (
+        select(func.max(AlertRecord.created_at)).where(AlertRecord.flag_id == FlagRecord.id).scalar_subquery()
+    )
+    query = select(FlagRecord).where(
+        FlagRecord.rule == rule,
+        FlagRecord.status == "open",
+        FlagRecord.firing,
+        func.coalesce(latest_alert, FlagRecord.opened_at) < last_alert_before,
+    )
+    with translate_errors(f"find flags of rule {rule} to notify again", session):
+        return [FlagSnapshot.of(flag) for flag in session.scalars(query)]
 
 
 def list_user_flags(session: Session, user_id: str) -> list[FlagRecord]:
@@ -123,7 +246,7 @@ def review_flag(
     if status not in FLAG_STATUSES:
         raise StorageError(f"invalid flag status {status!r}. Choose one of {', '.join(FLAG_STATUSES)}")
     if not actor.strip():
-        raise StorageError("a flag review needs the reviewer's name; give a non-empty actor")
+        raise StorageError("invalid flag review: the reviewer's name is empty; pass a non-empty actor")
     query = (
         update(FLAGS)
         .where(FLAGS.c.id == flag_id)
@@ -160,43 +283,72 @@ def list_flag_events(session: Session, flag_id: int) -> list[FlagEventRecord]:
         return list(session.scalars(query))
 
 
-def _flag_row(finding: FlagFinding, *, rule: str, window_s: int, now: datetime) -> dict[str, Any]:
-    return {
-        "user_id": finding.user_id,
-        "rule": rule,
-        "status": "open",
-        "opened_at": now,
-        "updated_at": now,
-        "window_s": window_s,
-        "slip_through_count": finding.slip_through_count,
-        "max_prob": finding.max_prob,
-        "evidence": finding.evidence,
-    }
-
-
-def _upsert_statement() -> Any:
-    statement = insert(FLAGS)
-    new = statement.excluded
-    cites_new_exchange = ~FLAGS.c.evidence["exchange_ids"].contains(new.evidence["exchange_ids"])
-    # An IN list would be an "expanding" parameter, which executemany() rejects.
-    closed = or_(*(FLAGS.c.status == status for status in CLOSED_STATUSES))
-    reopen = and_(closed, cites_new_exchange)
-    changed = or_(
-        FLAGS.c.evidence.is_distinct_from(new.evidence),
-        FLAGS.c.slip_through_count.is_distinct_from(new.slip_through_count),
-        FLAGS.c.max_prob.is_distinct_from(new.max_prob),
-        FLAGS.c.window_s.is_distinct_from(new.window_s),
+def _new_flag(session: Session, finding: FlagFinding, *, rule: str, window_s: int, now: datetime) -> FlagRecord:
+    flag = FlagRecord(
+        user_id=finding.user_id,
+        rule=rule,
+        status="open",
+        opened_at=now,
+        updated_at=now,
+        window_s=window_s,
+        slip_through_count=finding.slip_through_count,
+        max_prob=finding.max_prob,
+        evidence=finding.evidence,
+        severity=finding.severity,
+        firing=True,
+        firing_since=now,
     )
-    return statement.on_conflict_do_update(
-        index_elements=[FLAGS.c.user_id, FLAGS.c.rule],
-        set_={
-            "status": case((reopen, "open"), else_=FLAGS.c.status),
-            "opened_at": case((reopen, new.opened_at), else_=FLAGS.c.opened_at),
-            "updated_at": new.updated_at,
-            "window_s": new.window_s,
-            "slip_through_count": new.slip_through_count,
-            "max_prob": new.max_prob,
-            "evidence": new.evidence,
-        },
-        where=changed,
-    ).returning(FLAGS.c.user_id)
+    session.add(flag)
+    session.flush()
+    return flag
+
+
+def _update_flag(flag: FlagRecord, finding: FlagFinding, *, window_s: int, now: datetime) -> tuple[str | None, bool]:
+    """Apply a finding to an existing flag; return the transition (or None) and whether anything changed."""
+    old_ids = set(flag.evidence.get("exchange_ids", ()))
+    cites_new = bool(set(finding.evidence.get("exchange_ids", ())) - old_ids)
+    kind: str | None = None
+    if flag.status in CLOSED_STATUSES:
+        if cites_new:
+            kind = "reopened"
+            flag.status, flag.opened_at, flag.severity, flag.escalated_at = "open", now, finding.severity, None
+            flag.firing, flag.firing_since = True, now
+        else:
+            flag.firing = True
+    elif not flag.firing:
+        kind = "reopened"
+        flag.status, flag.firing, flag.firing_since = "open", True, now
+        flag.severity = _higher(flag.severity, finding.severity)
+    elif SEVERITY_RANK[finding.severity] > SEVERITY_RANK[flag.severity]:
+        kind = "escalated"
+        flag.status, flag.severity, flag.escalated_at = "open", finding.severity, now
+
+    data_changed = (
+        flag.evidence != finding.evidence
+        or flag.slip_through_count != finding.slip_through_count
+        or flag.max_prob != finding.max_prob
+        or flag.window_s != window_s
+    )
+    if data_changed:
+        flag.evidence = finding.evidence
+        flag.slip_through_count = finding.slip_through_count
+        flag.max_prob = finding.max_prob
+        flag.window_s = window_s
+    changed = data_changed or kind is not None
+    if changed:
+        flag.updated_at = now
+    return kind, changed
+
+
+def _higher(first: str, second: str) -> str:
+    return first if SEVERITY_RANK[first] >= SEVERITY_RANK[second] else second
+
+
+def _event_detail(flag: FlagRecord) -> dict[str, Any]:
+    return {
+        "status": flag.status,
+        "severity": flag.severity,
+        "slip_through_count": flag.slip_through_count,
+        "max_prob": flag.max_prob,
+        "risk": flag.evidence.get("risk", {}).get("score"),
+    }

@@ -83,6 +83,8 @@ class ExchangeRecord(Base):
         ),
         # Exchanges ingested since an incremental job's watermark.
         Index("ix_exchanges_ingested_at", "ingested_at"),
+        # Override exchanges by time, for the audit view.
+        Index("ix_exchanges_overrides", "created_at", postgresql_where=text("override_trusted")),
     )
 
     id: Mapped[str] = mapped_column(Text, primary_key=True)

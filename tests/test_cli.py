@@ -30,6 +30,8 @@ def run_cli(
     database: DatabaseSettings | None, *args: str, extra_env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")}
+    # A daemon started by `run` serves the HTTP API on a free port, never on one a local deployment uses.
+    env["SENTINEL_API__PORT"] = "0"
     env.update(extra_env or {})
     if database is not None:
         env["SENTINEL_DATABASE__URL"] = database.url

@@ -11,9 +11,11 @@
 - `trusted_users` is the allowlist: reason, approver, expiry and revocation.
 - `job_watermarks` stores how far a job has read, by ingestion time.
 - `population_baselines` caches the population's probability sums per window.
-- `exchanges.ingested_at` gets an index for the incremental jobs. As in 0003,
-  the index is built inside the migration's transaction; on a large table,
-  build it beforehand with CREATE INDEX CONCURRENTLY and this migration finds it.
+- `exchanges.ingested_at` gets an index for the incremental jobs, and the
+  override exchanges a partial index by time for the audit view. As in 0003,
+  the indexes are built inside the migration's transaction; on a large table,
+  build them beforehand with CREATE INDEX CONCURRENTLY and this migration
+  finds them.
 
 Revision ID: 0004
 Revises: 0003
@@ -43,9 +45,13 @@ def upgrade() -> None:
     _create_trusted_users()
     _create_job_tables()
     op.execute("CREATE INDEX IF NOT EXISTS ix_exchanges_ingested_at ON exchanges (ingested_at)")
+    op.execute(
+        "CREATE INDEX IF NOT EXISTS ix_exchanges_overrides ON exchanges (created_at) WHERE override_trusted"
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_exchanges_overrides", table_name="exchanges")
     op.drop_index("ix_exchanges_ingested_at", table_name="exchanges")
     for table in (
         "population_baselines",

@@ -5,8 +5,12 @@ Every `consistency.interval_s` seconds, one replica reads the newest
 turns (monitor.consistency). It records a summary in `job_runs.detail`: the
 number of groups, the groups whose refuse decision flips, the largest spread,
 and the exchange ids of the most inconsistent groups. The job changes no other
-table, so running it again over the same data records the same summary. The
-other replicas find the advisory lock taken and record a skipped run.
+table, so running it again over the same data records the same summary.
+
+One replica runs each scheduler tick. The advisory lock keeps replicas from
+running at the same time, and the tick stored in `job_runs.detail.tick` stops
+a replica whose timer fires later in the same tick from running it again. The
+other replicas record a skipped run.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from storage.activity import TimeWindow
 from storage.consistency import RecentRequests, load_recent_requests
 from storage.engine import SessionFactory, transaction
 from storage.errors import StorageError
-from storage.job_runs import record_job_run, try_advisory_xact_lock
+from storage.job_runs import record_job_run, tick_already_ran, try_advisory_xact_lock
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +81,11 @@ class ConsistencyJobResult:
 
     status: Literal["ok", "skipped"]
     window_s: int
+    tick: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
-        return {"status": self.status, "window_s": self.window_s, **self.summary}
+        return {"status": self.status, "window_s": self.window_s, "tick": self.tick, **self.summary}
 
 
 def report_stored_requests(
@@ -105,17 +110,21 @@ def run_consistency_job(
     sentinels: Sequence[Sentinel],
     *,
     now: datetime | None = None,
+    tick_s: int | None = None,
 ) -> ConsistencyJobResult:
     """Run one tick of the consistency report job in one transaction and record it in `job_runs`.
 
     A failed run is recorded in a transaction of its own, and the error is
-    raised again for the scheduler to log.
+    raised again for the scheduler to log. With `tick_s`, the run belongs to
+    the tick `now` rounded down to a multiple of `tick_s` seconds, and is
+    skipped when any replica already finished that tick.
     """
     started_at = _utcnow()
     now = now or started_at
+    tick = _tick(now, tick_s) if tick_s else None
     try:
         with transaction(session_factory, "run the consistency report job") as session:
-            result = _run_locked(session, settings, sentinels, now=now)
+            result = _run_locked(session, settings, sentinels, now=now, tick=tick)
             record_job_run(
                 session,
                 job=JOB_NAME,
@@ -147,10 +156,17 @@ def summarize_top_groups(groups: Sequence[RequestGroup]) -> list[dict[str, Any]]
 
 
 def _run_locked(
-    session: Session, settings: ConsistencySettings, sentinels: Sequence[Sentinel], *, now: datetime
+    session: Session,
+    settings: ConsistencySettings,
+    sentinels: Sequence[Sentinel],
+    *,
+    now: datetime,
+    tick: str | None,
 ) -> ConsistencyJobResult:
     if not try_advisory_xact_lock(session, JOB_NAME):
-        return ConsistencyJobResult(status="skipped", window_s=settings.window_s)
+        return ConsistencyJobResult(status="skipped", window_s=settings.window_s, tick=tick)
+    if tick is not None and tick_already_ran(session, JOB_NAME, tick):
+        return ConsistencyJobResult(status="skipped", window_s=settings.window_s, tick=tick)
     stored = report_stored_requests(
         session,
         sentinels,
@@ -160,7 +176,7 @@ def _run_locked(
         min_group_size=settings.min_group_size,
     )
     summary = {**stored.counts_json(), "top_groups": summarize_top_groups(stored.report.groups)}
-    return ConsistencyJobResult(status="ok", window_s=settings.window_s, summary=summary)
+    return ConsistencyJobResult(status="ok", window_s=settings.window_s, tick=tick, summary=summary)
 
 
 def _record_failure(
@@ -185,7 +201,10 @@ def _record_failure(
 
 def _log_result(result: ConsistencyJobResult) -> None:
     if result.status == "skipped":
-        logger.debug("job %s skipped: another replica has its advisory lock", JOB_NAME)
+        logger.debug(
+            "job %s skipped tick %s: another replica has its advisory lock or already ran the tick",
+            JOB_NAME, result.tick,
+        )  # fmt: skip
         return
     summary = result.summary
     logger.info(
@@ -200,6 +219,12 @@ def _log_result(result: ConsistencyJobResult) -> None:
             "or shorten consistency.window_s to cover the whole window",
             JOB_NAME, summary["exchanges_read"], result.window_s,
         )  # fmt: skip
+
+
+def _tick(now: datetime, tick_s: int) -> str:
+    """Return the start of the tick that contains `now`, a multiple of `tick_s` seconds since the epoch."""
+    seconds = int(now.timestamp()) // tick_s * tick_s
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat()
 
 
 def _utcnow() -> datetime:

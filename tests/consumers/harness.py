@@ -135,6 +135,8 @@ def daemon_environment(settings: Settings, model_path: Path) -> dict[str, str]:
             "SENTINEL_DATABASE__URL": settings.database.url,
             "SENTINEL_MODEL__PATH": str(model_path),
             "SENTINEL_MODEL__DEVICE": "cpu",
+            # Each replica serves the HTTP API on a free port, so replicas on one host do not collide.
+            "SENTINEL_API__PORT": "0",
             "SENTINEL_SCORING__SENTINELS": json.dumps(
                 [{"name": s.name, "text": s.text, "threshold": s.threshold} for s in settings.scoring.sentinels]
             ),

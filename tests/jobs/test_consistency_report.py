@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 import pytest
@@ -18,15 +19,16 @@ from monitor.jobs.consistency_report import (
 )
 from monitor.jobs.scheduler import JobCounters, build_scheduler
 from monitor.policy import ScoredExchange
-from monitor.settings import ConsistencySettings, Settings
+from monitor.settings import ConsistencySettings, FlagSettings, Settings
 from storage.errors import DatabaseUnavailableError
 from storage.exchanges import ExchangeRepository, count_exchanges, count_scores
-from storage.job_runs import list_job_runs, try_advisory_xact_lock
+from storage.job_runs import list_job_runs, record_job_run, try_advisory_xact_lock
 from storage.models import JobRunRecord
 from tests.storage.factories import HIGH, LOW, NOW, SENTINELS, scored_exchange
 
 SETTINGS = ConsistencySettings(interval_s=600, window_s=3600, similarity=0.8, max_exchanges=100, min_group_size=2)
 BREAD = "How do I bake sourdough bread at home?"
+STAGGER_S = 0.3
 
 
 def _save(factory: sessionmaker[Session], batch: Sequence[ScoredExchange], *, store_raw_text: bool = True) -> None:
@@ -204,3 +206,75 @@ def test_scheduled_job_is_guarded() -> None:
 
     assert counters.get("runs", JOB_NAME) == 1
     assert counters.get("failures", JOB_NAME) == 1
+
+
+@pytest.mark.postgres
+def test_tick_runs_once(session_factory: sessionmaker[Session]) -> None:
+    _save(session_factory, _paraphrases())
+
+    first = run_consistency_job(session_factory, SETTINGS, SENTINELS, now=NOW, tick_s=600)
+    later_in_tick = run_consistency_job(session_factory, SETTINGS, SENTINELS, now=NOW + timedelta(seconds=599), tick_s=600)
+    next_tick = run_consistency_job(session_factory, SETTINGS, SENTINELS, now=NOW + timedelta(seconds=600), tick_s=600)
+
+    assert first.status == "ok"
+    assert first.tick == NOW.isoformat()
+    assert later_in_tick.status == "skipped"
+    assert later_in_tick.tick == NOW.isoformat()
+    assert next_tick.status == "ok"
+    assert next_tick.tick == (NOW + timedelta(seconds=600)).isoformat()
+    runs = _runs(session_factory)
+    assert [(run.status, run.detail["tick"]) for run in reversed(runs)] == [
+        ("ok", first.tick),
+        ("skipped", first.tick),
+        ("ok", next_tick.tick),
+    ]
+
+
+@pytest.mark.postgres
+def test_failed_tick_runs_again(session_factory: sessionmaker[Session]) -> None:
+    with session_factory() as session, session.begin():
+        record_job_run(
+            session, job=JOB_NAME, started_at=NOW, finished_at=NOW, status="failed", detail={"tick": NOW.isoformat()}
+        )
+
+    result = run_consistency_job(session_factory, SETTINGS, SENTINELS, now=NOW, tick_s=600)
+
+    assert result.status == "ok"
+
+
+@pytest.mark.postgres
+def test_three_schedulers_run_each_tick_once(session_factory: sessionmaker[Session]) -> None:
+    # The flag job also starts with each scheduler; a long interval keeps it to one run each.
+    settings = Settings(consistency=ConsistencySettings(interval_s=1), flags=FlagSettings(interval_s=3600))
+    counters = [JobCounters() for _ in range(3)]
+    schedulers = [build_scheduler(settings, session_factory, counters=c) for c in counters]
+
+    # Replicas start apart, so their timers fire at different points of each
+    # tick and a later one finds the tick finished instead of the lock taken.
+    for scheduler in schedulers:
+        scheduler.start()
+        time.sleep(STAGGER_S)
+    try:
+        _wait_for(lambda: sum(c.get("runs", JOB_NAME) for c in counters) >= 12, "twelve consistency job runs in all")
+    finally:
+        for scheduler in schedulers:
+            scheduler.shutdown(wait=True)
+
+    with session_factory() as session:
+        runs = list_job_runs(session, JOB_NAME, limit=1000)
+    assert all(c.get("failures", JOB_NAME) == 0 for c in counters)
+    assert len(runs) == sum(c.get("runs", JOB_NAME) for c in counters)
+    ok_ticks = [run.detail["tick"] for run in runs if run.status == "ok"]
+    assert len(ok_ticks) == len(set(ok_ticks)), f"a tick ran more than once: {sorted(ok_ticks)}"
+    assert len(ok_ticks) >= 2
+    assert any(run.status == "skipped" for run in runs)
+    all_ticks = {run.detail["tick"] for run in runs}
+    assert all_ticks == set(ok_ticks), "every tick that some replica reached ran once"
+
+
+def _wait_for(condition: Callable[[], bool], description: str, deadline_s: float = 15.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {deadline_s} s waiting for {description}")
+        time.sleep(0.05)
