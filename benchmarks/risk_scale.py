@@ -144,10 +144,23 @@ def _run(args: argparse.Namespace, schema: str, now: datetime) -> None:
     _insert_recent(factory, rng, args.users, now)
     _report("user_risk, cache corrected after 2 min", _query_latencies(factory, sample, risk, now + MOVE_ON))
 
-    for attempt in ("first", "second"):
-        seconds = _timed(lambda: print(f"  {run_flag_job(factory, FlagSettings(), risk=risk, now=now + MOVE_ON)}"))
-        print(f"flag job, {attempt} run: {seconds:.2f} s")
+    _flag_run(factory, risk, now + MOVE_ON, "first run, no watermark yet (evaluates every user)")
+    _insert_recent(factory, rng, args.users, now + MOVE_ON, prefix="ex-later")
+    _flag_run(factory, risk, now + 2 * MOVE_ON, "incremental run after the new exchanges")
+    _flag_run(factory, risk, now + 2 * MOVE_ON, "incremental run with nothing new")
     engine.dispose()
+
+
+def _flag_run(factory: sessionmaker[Session], risk: RiskSettings, now: datetime, label: str) -> None:
+    started = time.perf_counter()
+    result = run_flag_job(factory, FlagSettings(), risk=risk, now=now)
+    seconds = time.perf_counter() - started
+    rule = result.rules[0]
+    evaluated = "all" if rule.evaluated_users is None else f"{rule.evaluated_users:,}"
+    print(
+        f"flag job, {label}: {seconds:.2f} s; users evaluated {evaluated}, over the rule {rule.users_over_threshold}, "
+        f"created {rule.created}, updated {rule.updated}, unchanged {rule.unchanged}, recovered {rule.recovered}"
+    )
 
 
 def _generate(rng: np.random.Generator, exchanges: int, users: int) -> Dataset:
@@ -240,12 +253,14 @@ def _score_rows(data: Dataset, now: datetime) -> Iterator[tuple[object, ...]]:
             )
 
 
-def _insert_recent(factory: sessionmaker[Session], rng: np.random.Generator, users: int, now: datetime) -> None:
+def _insert_recent(
+    factory: sessionmaker[Session], rng: np.random.Generator, users: int, now: datetime, *, prefix: str = "ex-new"
+) -> None:
     """Store exchanges created in the MOVE_ON after `now`, ingested after the baseline job, at 2 per second."""
     count = int(MOVE_ON.total_seconds()) * 2
     with factory() as session, session.begin():
         for i in range(count):
-            exchange_id = f"ex-new-{i:05d}"
+            exchange_id = f"{prefix}-{i:05d}"
             created = now + timedelta(seconds=(i + 1) / 2)
             session.execute(
                 text(

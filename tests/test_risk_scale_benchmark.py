@@ -36,6 +36,9 @@ def test_small_run_prints_every_measurement() -> None:
     assert re.search(r"baseline job: [\d.]+ s", output), output
     assert re.search(rf"user_risk, fresh cache: {PERCENTILES}", output), output
     assert re.search(rf"user_risk, cache corrected after 2 min: {PERCENTILES}", output), output
-    assert re.search(r"flag job, first run: [\d.]+ s", output), output
-    assert re.search(r"flag job, second run: [\d.]+ s", output), output
+    assert re.search(r"flag job, first run, no watermark yet .*: [\d.]+ s; users evaluated all", output), output
+    incremental = re.search(r"flag job, incremental run after the new exchanges: [\d.]+ s; users evaluated ([\d,]+)", output)
+    assert incremental, output
+    assert 0 < int(incremental.group(1).replace(",", "")) <= 100
+    assert re.search(r"flag job, incremental run with nothing new: [\d.]+ s; users evaluated", output), output
     assert "kept schema" not in output
