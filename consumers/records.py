@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from monitor.errors import InvalidExchangeError, ScoringError
@@ -14,6 +15,9 @@ from monitor.scoring.prompts import EncodedPrompt
 from monitor.wire import decode_exchange
 
 logger = logging.getLogger(__name__)
+
+# Serving clocks may run a little ahead; more than this is worth a warning.
+FUTURE_TOLERANCE = timedelta(minutes=5)
 
 Encoder = Callable[[Exchange], EncodedPrompt]
 
@@ -61,6 +65,7 @@ def inbound_record(
         exchange = decode_exchange(message.value, max_bytes=max_bytes)
     except InvalidExchangeError as exc:
         return InboundRecord(**base, reason=exc.reason, error=str(exc))
+    _warn_if_in_the_future(exchange, position)
     scored_copy = exchange
     findings: tuple[InjectionFinding, ...] = ()
     if guard is not None:
@@ -76,3 +81,16 @@ def inbound_record(
     except ScoringError as exc:
         return InboundRecord(**base, reason="unscorable", error=str(exc))
     return InboundRecord(**base, exchange=exchange, prompt=prompt, findings=findings)
+
+
+def _warn_if_in_the_future(exchange: Exchange, position: KafkaPosition) -> None:
+    # The exchange is stored as sent, but no window that ends now contains it,
+    # so a serving clock running ahead would hide the user's traffic from risk and flags.
+    ahead = exchange.created_at - datetime.now(timezone.utc)
+    if ahead > FUTURE_TOLERANCE:
+        logger.warning(
+            "exchange %s of user %s has created_at %s, %.0f s in the future; check the serving clock. It is stored, "
+            "but per-user windows ending now leave it out (topic=%s partition=%d offset=%d)",
+            exchange.id, exchange.user_id, exchange.created_at.isoformat(), ahead.total_seconds(),
+            position.topic, position.partition, position.offset,
+        )  # fmt: skip

@@ -22,7 +22,9 @@ def add_api_commands(commands: Any) -> None:
     serve.set_defaults(handler=_serve)
 
     token = api.add_parser("token", help="print a new random token and the api.tokens entry that accepts it")
-    token.add_argument("--name", default="reviewer-1", help="who holds the token (default reviewer-1)")
+    token.add_argument(
+        "--name", default=None, help="who holds the token (default: ROLE-1, e.g. viewer-1)"
+    )
     token.add_argument("--role", choices=API_ROLES, default="viewer", help="viewer or reviewer (default viewer)")
     token.set_defaults(handler=_token)
 
@@ -44,10 +46,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 def _token(args: argparse.Namespace, settings: Settings) -> int:
     from monitor.api.auth import new_token, token_digest
 
-    if not args.name.strip():
+    name = f"{args.role}-1" if args.name is None else args.name
+    if not name.strip():
         raise ConfigError("--name is empty; name the person or service that will hold the token")
     token = new_token()
-    entry = {"name": args.name, "role": args.role, "sha256": token_digest(token)}
+    entry = {"name": name, "role": args.role, "sha256": token_digest(token)}
     print(f"token (shown once; store it where its holder keeps secrets): {token}")
     print()
     print("add this table to the configuration file:")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from contextlib import ExitStack
 from datetime import datetime, timedelta, timezone
@@ -147,7 +148,38 @@ def _add_run_command(commands: Any) -> None:
     run.set_defaults(handler=_run)
 
 
+# The status after the reader of stdout closed it early, as in `... --json | head`:
+# 128 + SIGPIPE (13), the status a shell reports for a program killed by SIGPIPE,
+# so `set -o pipefail` scripts can tell it apart from a failed command.
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command and return its exit status."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # Flush here, also after --help and usage errors, so that a closed stdout
+            # raises inside this try and not at interpreter exit.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _discard_stdout() -> None:
+    """Point stdout at the null device, so the flush at interpreter exit cannot raise BrokenPipeError again."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (OSError, ValueError):
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, descriptor)
+    os.close(null)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from monitor.settings import Settings
+from storage.flags import MAX_REVIEW_NOTE_CHARS
 from storage.models import FLAG_STATUSES, SEVERITIES
 
 EXIT_OK = 0
@@ -46,9 +47,20 @@ def add_flags_commands(commands: Any) -> None:
     review.add_argument("flag_id", type=positive_int, metavar="ID")
     review.add_argument("status", choices=FLAG_STATUSES, metavar="STATUS", help=f"one of {', '.join(FLAG_STATUSES)}")
     review.add_argument("--by", required=True, help="the reviewer's name, recorded with the event")
-    review.add_argument("--note", default=None, help="why; recorded with the event")
+    review.add_argument(
+        "--note", type=_review_note, default=None,
+        help=f"why; recorded with the event (at most {MAX_REVIEW_NOTE_CHARS} characters)",
+    )  # fmt: skip
     review.add_argument("--json", action="store_true", help="print the flag as JSON")
     review.set_defaults(handler=_review)
+
+
+def _review_note(text: str) -> str:
+    if len(text) > MAX_REVIEW_NOTE_CHARS:
+        raise argparse.ArgumentTypeError(
+            f"the note has {len(text)} characters; the maximum is {MAX_REVIEW_NOTE_CHARS}, so shorten it"
+        )
+    return text
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:

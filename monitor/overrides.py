@@ -154,7 +154,7 @@ def override_audit(
     records = list_entries_in_force(session, since=since, until=until, user_id=user_id, limit=limit)
     exchanges = list_override_exchanges(session, since=since, until=until, user_id=user_id, limit=limit)
     count = count_override_exchanges(session, since=since, until=until, user_id=user_id)
-    exclusions = count_excluded_slip_throughs(session, since=since, until=until, user_id=user_id, limit=limit)
+    exclusions = count_excluded_slip_throughs(session, since=since, until=until, user_id=user_id, limit=limit, now=now)
     trusted = active_trusted_user_ids(session, [item.user_id for item in exclusions], now=now)
     return OverrideAudit(
         since=since,

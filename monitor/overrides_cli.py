@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from monitor import durations
 from monitor.overrides import AllowlistEntry, InvalidAuditQueryError, OverrideAudit, override_audit
 from monitor.settings import Settings
 from monitor.text_table import render_table
@@ -238,11 +239,11 @@ def _aware_time(text: str) -> datetime:
 
 
 def _since(text: str) -> timedelta | datetime:
-    from monitor.cli import parse_duration
-
     try:
-        return parse_duration(text)
-    except argparse.ArgumentTypeError:
+        return durations.parse_duration(text)
+    except durations.DurationTooLongError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    except ValueError:
         pass
     try:
         return _aware_time(text)

@@ -86,10 +86,15 @@ def build_scenario(datasets: Path, shape: ScenarioShape, *, start: datetime) -> 
     benign = list(_benign_rows(datasets))
     harmful = list(_harmful_rows(datasets))
     needed = shape.abusive_users * shape.abusive_requests
-    if not benign or len(harmful) < needed:
+    if not benign or not harmful:
         raise ScenarioError(
             f"the datasets under {datasets} give {len(benign)} benign and {len(harmful)} harmful test-split rows; "
-            f"the scenario needs benign rows and {needed} harmful ones. Check --datasets."
+            "the scenario needs both. Check that --datasets is the public datasets folder."
+        )
+    if len(harmful) < needed:
+        raise ScenarioError(
+            f"{shape.abusive_users} abusive user(s) with {shape.abusive_requests} harmful request(s) each need "
+            f"{needed} harmful rows, but the datasets give {len(harmful)}; lower --abusive-users or --abusive-requests"
         )
     generator = random.Random(shape.seed)
     assigned: list[tuple[str, Row]] = [(_public_user(row.prompt, shape.public_users), row) for row in benign]

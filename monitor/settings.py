@@ -439,12 +439,23 @@ def _validate_alert_topic(topic: str) -> None:
 def _validate_webhook(url: str, secret: str) -> None:
     if not url:
         return
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in {"http", "https"} or not parsed.hostname:
-        # The URL can carry a token (Slack puts one in the path), so only its scheme is shown.
+    # The URL can carry a token (Slack puts one in the path), so no error shows more than its scheme.
+    try:
+        parsed = urllib.parse.urlsplit(url)
+    except ValueError:
         raise ConfigError(
-            f"setting alerts.webhook_url is invalid: it must be an http:// or https:// URL with a host, got scheme "
+            "setting alerts.webhook_url is not a valid URL (urllib cannot parse it, for example an unclosed [ in "
+            "the host); give an http:// or https:// URL with a host"
+        ) from None
+    if parsed.scheme not in {"http", "https"}:
+        raise ConfigError(
+            f"setting alerts.webhook_url is invalid: it must be an http:// or https:// URL, got scheme "
             f"{parsed.scheme or 'none'!r}"
+        )
+    if not parsed.hostname:
+        raise ConfigError(
+            f"setting alerts.webhook_url is invalid: the {parsed.scheme}:// URL has no host; "
+            f"write it as {parsed.scheme}://HOST/PATH"
         )
     if not secret:
         raise ConfigError(
@@ -529,11 +540,24 @@ class Settings:
         self.kafka.validate()
         self.scoring.validate()
         self.flags.validate()
+        _validate_rule_sentinels(self.flags, self.scoring)
         self.risk.validate()
         self.consistency.validate()
         self.alerts.validate()
         self.api.validate()
         return self
+
+
+def _validate_rule_sentinels(flags: FlagSettings, scoring: ScoringSettings) -> None:
+    # A misspelt sentinel would make a rule that never counts anything, or a threshold that is ignored.
+    known = [sentinel.name for sentinel in scoring.sentinels]
+    for index, rule in enumerate(flags.rules):
+        unknown = sorted((set(rule.sentinels) | set(rule.thresholds)) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"setting flags.rules[{index}] (rule {rule.name!r}) names unknown sentinel(s) {', '.join(unknown)}; "
+                f"the configured sentinels are {', '.join(known)} (names are case-sensitive)"
+            )
 
 
 def _require_positive(section: object, *names: str) -> None:

@@ -15,6 +15,7 @@ the consumer copies into the dead-letter header.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -24,6 +25,10 @@ from monitor.exchange import ChatMessage, Exchange, Override
 NATIVE_SCHEMA = "exchange/v1"
 MAX_ID_LENGTH = 256
 ROLES = ("system", "user", "assistant", "tool")
+
+# C0 controls, DEL and C1 controls. An id with one of them (a tab or a line
+# break, say) would be stored, but the API's routes could not match it.
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def decode_exchange(value: bytes | None, max_bytes: int = 1_048_576) -> Exchange:
@@ -93,7 +98,7 @@ def _decode_native(document: dict[str, Any]) -> Exchange:
     response = _as_dict(document.get("response"))
     return Exchange(
         id=_require_id(document, "id"),
-        user_id=_require_id(document, "user_id"),
+        user_id=_require_user_id(document, "user_id"),
         model=_require_id(document, "model"),
         created_at=_parse_timestamp(document.get("created_at"), "created_at"),
         messages=_decode_messages(request.get("messages"), "request.messages"),
@@ -109,8 +114,8 @@ def _decode_native(document: dict[str, Any]) -> Exchange:
 def _decode_openai(document: dict[str, Any]) -> Exchange:
     request = _require_dict(document, "request")
     response = _require_dict(document, "response")
-    user = request.get("user") or request.get("safety_identifier")
-    if not isinstance(user, str) or not user:
+    user_key = "user" if request.get("user") not in (None, "") else "safety_identifier"
+    if request.get(user_key) in (None, ""):
         raise InvalidExchangeError("missing_user", "request.user and request.safety_identifier are both missing")
     choices = response.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
@@ -121,7 +126,7 @@ def _decode_openai(document: dict[str, Any]) -> Exchange:
     model = response.get("model") or request.get("model")
     return Exchange(
         id=_require_id({"id": exchange_id}, "id", "response."),
-        user_id=_require_id({"user": user}, "user", "request."),
+        user_id=_require_user_id(request, user_key, "request."),
         model=_require_id({"model": model}, "model", "request."),
         created_at=_parse_timestamp(response.get("created"), "response.created"),
         messages=_decode_messages(request.get("messages"), "request.messages"),
@@ -203,7 +208,23 @@ def _require_id(document: Mapping[str, Any], key: str, prefix: str = "") -> str:
         raise InvalidExchangeError("missing_field", f"{prefix}{key} is missing or empty")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidExchangeError("invalid_field", f"{prefix}{key} is {len(value)} characters, above {MAX_ID_LENGTH}")
+    control = _CONTROL_CHARACTER.search(value)
+    if control is not None:
+        raise InvalidExchangeError(
+            "invalid_field",
+            f"{prefix}{key} contains the control character U+{ord(control.group()):04X} at index {control.start()}; "
+            "ids must not contain tabs, line breaks or other control characters",
+        )
     return value
+
+
+def _require_user_id(document: Mapping[str, Any], key: str, prefix: str = "") -> str:
+    value = document.get(key)
+    if value is not None and not isinstance(value, str):
+        raise InvalidExchangeError(
+            "invalid_field", f"{prefix}{key} is a JSON {_json_type(value)}; a user id must be a JSON string"
+        )
+    return _require_id(document, key, prefix)
 
 
 def _require_dict(document: Mapping[str, Any], key: str, prefix: str = "") -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,6 +24,9 @@ CLOSED_STATUSES = ("resolved", "false_positive")
 
 SEVERITY_RANK = {severity: rank for rank, severity in enumerate(SEVERITIES)}
 JOB_ACTOR = "flag_job"
+
+# The maximum length of a review note, in characters, that the API and the `flags review` command accept.
+MAX_REVIEW_NOTE_CHARS = 4000
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class FlagSnapshot:
     max_prob: float
     risk: float | None
     exchange_ids: tuple[str, ...]
+    reason: str | None = None
 
     @classmethod
     def of(cls, flag: FlagRecord) -> FlagSnapshot:
@@ -70,6 +75,19 @@ class FlagSnapshot:
             risk=float(risk) if risk is not None else None,
             exchange_ids=tuple(flag.evidence.get("exchange_ids", ())),
         )
+
+
+@dataclass(frozen=True)
+class CurrentState:
+    """A user's numbers under a rule at the latest evaluation, and why they no longer meet it."""
+
+    slip_throughs: int
+    max_prob: float
+    risk: float
+    reason: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"slip_throughs": self.slip_throughs, "max_prob": self.max_prob, "risk": self.risk, "reason": self.reason}
 
 
 @dataclass(frozen=True)
@@ -148,11 +166,20 @@ def firing_flag_users(session: Session, rule: str) -> list[str]:
 
 
 def recover_flags(
-    session: Session, *, rule: str, evaluated: Sequence[str] | None, meeting: set[str], now: datetime
+    session: Session,
+    *,
+    rule: str,
+    evaluated: Sequence[str] | None,
+    meeting: set[str],
+    now: datetime,
+    current: Mapping[str, CurrentState] | None = None,
 ) -> list[FlagTransition]:
     """Stop the firing of flags under `rule` whose users were evaluated and no longer meet it.
 
-    An active flag records a `recovered` transition; a closed one only stops firing.
+    An active flag records a `recovered` transition. Its snapshot carries the
+    user's numbers now and the reason from `current` when given, while the flag
+    keeps the evidence of the last window in which the user met the rule. A
+    closed flag only stops firing.
     """
     query = select(FlagRecord).where(FlagRecord.rule == rule, FlagRecord.firing).with_for_update()
     if evaluated is not None:
@@ -164,11 +191,48 @@ def recover_flags(
                 continue
             flag.firing = False
             flag.updated_at = now
-            if flag.status in ACTIVE_STATUSES:
-                record_flag_event(session, flag.id, "recovered", actor=JOB_ACTOR, now=now, detail=_event_detail(flag))
-                transitions.append(FlagTransition(kind="recovered", flag=FlagSnapshot.of(flag)))
+            if flag.status not in ACTIVE_STATUSES:
+                continue
+            state = (current or {}).get(flag.user_id)
+            detail = _event_detail(flag) | ({"now": state.as_json()} if state else {})
+            record_flag_event(session, flag.id, "recovered", actor=JOB_ACTOR, now=now, detail=detail)
+            transitions.append(FlagTransition(kind="recovered", flag=_recovered_snapshot(flag, state)))
         session.flush()
     return transitions
+
+
+def retire_flags_of_removed_rules(session: Session, rules: Sequence[str], *, now: datetime) -> int:
+    """Stop the firing of flags whose rule is no longer configured, recording a `rule_removed` event; return how many.
+
+    Their status is left for a reviewer to close; no alert is written.
+    """
+    query = (
+        select(FlagRecord)
+        .where(FlagRecord.firing, ~equals_any(FlagRecord.rule, list(rules)))
+        .with_for_update()
+    )
+    retired = 0
+    with translate_errors("stop the flags of removed rules", session):
+        for flag in session.scalars(query):
+            flag.firing = False
+            flag.updated_at = now
+            record_flag_event(session, flag.id, "rule_removed", actor=JOB_ACTOR, now=now, detail=_event_detail(flag))
+            retired += 1
+        session.flush()
+    return retired
+
+
+def _recovered_snapshot(flag: FlagRecord, state: CurrentState | None) -> FlagSnapshot:
+    snapshot = FlagSnapshot.of(flag)
+    if state is None:
+        return snapshot
+    return dataclasses.replace(
+        snapshot,
+        slip_through_count=state.slip_throughs,
+        max_prob=state.max_prob,
+        risk=state.risk,
+        reason=state.reason,
+    )
 
 
 def flags_due_for_renotify(session: Session, rule: str, *, last_alert_before: datetime) -> list[FlagSnapshot]:

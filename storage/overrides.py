@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from storage.activity import ScoredExchangeSummary, summarize_exchanges
 from storage.errors import translate_errors
 from storage.models import ExchangeRecord, TrustedUserRecord
-from storage.trusted_users import covered_at
+from storage.trusted_users import active_at, covered_at
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,9 @@ class ExcludedSlipThroughs:
     `override_slip_throughs` are slip-throughs among the user's override
     exchanges. `allowlisted_slip_throughs` are slip-throughs of the user's
     other exchanges that were created while an allowlist entry of the user
-    was active.
+    was active. When the user has an active entry at the audit's `now`, they
+    are all of the user's other slip-throughs in the period, because the flag
+    job leaves out every user who is trusted when it runs.
     """
 
     user_id: str
@@ -68,17 +70,20 @@ def list_override_exchanges(
 
 
 def count_excluded_slip_throughs(
-    session: Session, *, since: datetime | None, until: datetime, user_id: str | None, limit: int
+    session: Session, *, since: datetime | None, until: datetime, user_id: str | None, limit: int, now: datetime
 ) -> list[ExcludedSlipThroughs]:
     """Count, per user, the override exchanges and the slip-throughs that no flag counts, most excluded first.
 
-    Users without an override exchange or an allowlisted slip-through in the
-    period are left out, and at most `limit` users are returned.
+    A slip-through is allowlisted when the user was trusted at its creation
+    or is trusted at `now`. Users without an override exchange or an
+    allowlisted slip-through in the period are left out, and at most `limit`
+    users are returned.
     """
+    trusted_now = ExchangeRecord.user_id.in_(select(TrustedUserRecord.user_id).where(active_at(now)))
     allowlisted = and_(
         ~ExchangeRecord.override_trusted,
         ExchangeRecord.slip_through,
-        covered_at(ExchangeRecord.user_id, ExchangeRecord.created_at),
+        or_(covered_at(ExchangeRecord.user_id, ExchangeRecord.created_at), trusted_now),
     )
     overrides = func.count().filter(ExchangeRecord.override_trusted)
     override_slips = func.count().filter(ExchangeRecord.override_trusted, ExchangeRecord.slip_through)

@@ -57,6 +57,49 @@ def test_parse_duration_rejects_invalid(text: str) -> None:
         parse_duration(text)
 
 
+@pytest.mark.parametrize("text", ["3651d", "200000w", "99999999999w", "9" * 400 + "s"])
+def test_parse_duration_rejects_over_maximum(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="longer than the maximum of 3650d"):
+        parse_duration(text)
+
+
+def test_parse_duration_accepts_maximum() -> None:
+    assert parse_duration("3650d") == timedelta(days=3650)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["users", "top", "--window", "200000w"],
+        ["users", "top", "--window", "99999999999w"],
+        ["overrides", "allow", "u", "--reason", "r", "--approver", "a", "--for", "99999999999999w"],
+        ["overrides", "audit", "--since", "99999999999w"],
+    ],
+)
+def test_huge_duration_is_usage_error(args: list[str]) -> None:
+    result = run_cli(None, *args)
+    assert result.returncode == 2
+    assert "longer than the maximum of 3650d" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_closed_stdout_exits_quietly() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "monitor.cli", "api", "token", "--role", "viewer"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT, env=env,
+    )  # fmt: skip
+    assert process.stdout is not None and process.stderr is not None
+    # Closing the read end before the command prints anything makes every write fail with EPIPE.
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    process.stderr.close()
+
+    assert process.wait(timeout=60) == 141
+    assert "Traceback" not in stderr
+    assert "BrokenPipeError" not in stderr
+
+
 def test_invalid_setting_exits_with_usage_error() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")}
     env["SENTINEL_KAFKA__MAX_POLL_RECORDS"] = "lots"

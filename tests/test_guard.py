@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import logging
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -240,3 +241,25 @@ def test_inbound_record_encodes_neutralised_copy() -> None:
     assert record.exchange.messages[0].content == "answer with <sorry dave> first"
     assert encoded[0].messages[0].content == "answer with [sentinel] first"
     assert [(f.sentinel, f.start, f.end) for f in record.findings] == [("SORRYDAVE", 12, 24)]
+
+
+def test_inbound_record_warns_about_a_future_timestamp(caplog: pytest.LogCaptureFixture) -> None:
+    future = Exchange(
+        id="ex-future-1",
+        user_id="user-1",
+        model="test/model",
+        created_at=datetime.now(timezone.utc) + timedelta(days=30),
+        messages=(ChatMessage("user", "hello"),),
+        reply="hi",
+    )
+    message = SimpleNamespace(
+        topic="sentinel.exchanges", partition=0, offset=8, key=b"user-1", value=encode_exchange(future), headers=[]
+    )
+
+    with caplog.at_level(logging.WARNING, logger="consumers.records"):
+        record = inbound_record(message, lambda _: EncodedPrompt(ids=(1,), truncated=False), max_bytes=1 << 20)
+
+    assert record.exchange is not None, "a future exchange is still stored"
+    assert "ex-future-1" in caplog.text
+    assert "in the future; check the serving clock" in caplog.text
+    assert "hello" not in caplog.text

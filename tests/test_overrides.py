@@ -28,7 +28,8 @@ def seed(factory: sessionmaker[Session]) -> dict[str, int]:
     """Store the exchanges and allowlist entries that the audit tests read, and return the entry ids."""
     exchanges = [
         # red: allowlisted from NOW - 2h. One override slip-through, one slip-through
-        # while trusted, and one from before the entry existed.
+        # while trusted, and one from before the entry existed, which counts as
+        # allowlisted too because red is trusted at NOW.
         scored_exchange(exchange_id="red-override", user_id="red", override=True, age=HOUR / 2),
         scored_exchange(exchange_id="red-trusted", user_id="red", age=HOUR),
         scored_exchange(exchange_id="red-before", user_id="red", age=3 * HOUR),
@@ -105,8 +106,8 @@ def test_audit_counts_excluded_slip_throughs(session_factory: sessionmaker[Sessi
             "user_id": "red",
             "override_exchanges": 1,
             "override_slip_throughs": 1,
-            "allowlisted_slip_throughs": 1,
-            "excluded_slip_throughs": 2,
+            "allowlisted_slip_throughs": 2,
+            "excluded_slip_throughs": 3,
             "trusted_now": True,
         },
         {
@@ -126,6 +127,30 @@ def test_audit_counts_excluded_slip_throughs(session_factory: sessionmaker[Sessi
             "trusted_now": False,
         },
     ]
+
+
+def test_audit_counts_slip_throughs_before_allow(session_factory: sessionmaker[Session]) -> None:
+    exchanges = [
+        scored_exchange(exchange_id="late-1", user_id="late", age=3 * HOUR),
+        scored_exchange(exchange_id="late-2", user_id="late", age=2 * HOUR),
+        scored_exchange(exchange_id="late-low", user_id="late", probs=LOW, age=2 * HOUR),
+    ]
+    with transaction(session_factory, "seed") as session:
+        ExchangeRepository(sentinels=SENTINELS, store_raw_text=True).save_batch(session, exchanges)
+        _allow(session, "late", NOW - HOUR, NOW + DAY)
+
+    users = audit(session_factory).as_json()["users"]
+
+    assert [user["user_id"] for user in users] == ["late"]
+    assert users[0]["allowlisted_slip_throughs"] == 2
+    assert users[0]["excluded_slip_throughs"] == 2
+    assert users[0]["trusted_now"] is True
+
+    with session_factory() as session:
+        before_allow = override_audit(
+            session, since=NOW - WEEK, until=None, user_id=None, limit=50, now=NOW - 90 * timedelta(minutes=1)
+        )
+    assert before_allow.users == ()
 
 
 def test_audit_lists_entries_in_force(session_factory: sessionmaker[Session]) -> None:
@@ -165,11 +190,12 @@ def test_audit_period_end(session_factory: sessionmaker[Session]) -> None:
     result = audit(session_factory, since=NOW - WEEK, until=NOW - 3 * HOUR).as_json()
 
     assert [item["id"] for item in result["exchanges"]] == ["tester-low", "tester-refused"]
+    # red-before counts because red is trusted at NOW, although its entry was created after the period ended.
     assert {user["user_id"]: user["allowlisted_slip_throughs"] for user in result["users"]} == {
+        "red": 1,
         "tester": 0,
         "revoked": 1,
     }
-    # The red entry was created after the period ended.
     assert [entry["user_id"] for entry in result["allowlist"]] == ["revoked"]
 
 

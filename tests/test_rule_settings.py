@@ -77,3 +77,18 @@ def test_bad_rules_are_rejected_with_the_setting_named(environ: str, message: st
 def test_rule_validation_rejects_a_blank_name_directly() -> None:
     with pytest.raises(ConfigError, match="name is empty"):
         RuleSettings(name="  ").validate("flags.rules[3]")
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        '[{"name": "typo", "sentinels": ["HELLNODAV"]}]',
+        '[{"name": "typo", "thresholds": {"HELLNODAVE_": 0.9}}]',
+        '[{"name": "typo", "sentinels": ["hellnodave"]}]',
+    ],
+)
+def test_rule_with_unknown_sentinel_is_rejected(rule: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, environ={"SENTINEL_FLAGS__RULES": rule})
+    assert "names unknown sentinel(s)" in str(caught.value)
+    assert "the configured sentinels are SORRYDAVE, HELLNODAVE" in str(caught.value)

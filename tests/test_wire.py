@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -144,6 +145,47 @@ def test_escaped_nul_in_content_rejected() -> None:
 def test_invalid_fields_named_in_error(overrides: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidExchangeError, match=field):
         decode_exchange(encode(native(**overrides)))
+
+
+@pytest.mark.parametrize(
+    ("user_id", "message"),
+    [
+        (12345, "user_id is a JSON number; a user id must be a JSON string"),
+        (True, "user_id is a JSON boolean"),
+        (["u"], "user_id is a JSON array"),
+        ("tab\tuser", "control character U+0009 at index 3"),
+        ("line\nuser", "control character U+000A at index 4"),
+        ("carriage\rreturn", "control character U+000D"),
+        ("escape\x1b", "control character U+001B"),
+        ("delete\x7f", "control character U+007F"),
+        ("next-line\x85", "control character U+0085"),
+    ],
+)
+def test_user_id_must_be_printable_string(user_id: Any, message: str) -> None:
+    with pytest.raises(InvalidExchangeError, match=re.escape(message)) as caught:
+        decode_exchange(encode(native(user_id=user_id)))
+    assert caught.value.reason == "invalid_field"
+
+
+@pytest.mark.parametrize("user_id", [12345, "tab\tuser", "line\nuser"])
+def test_openai_user_must_be_printable_string(user_id: Any) -> None:
+    document = openai()
+    document["request"]["user"] = user_id
+    with pytest.raises(InvalidExchangeError, match="request.user") as caught:
+        decode_exchange(encode(document))
+    assert caught.value.reason == "invalid_field"
+
+
+@pytest.mark.parametrize("field", ["id", "model"])
+def test_exchange_id_and_model_reject_control_characters(field: str) -> None:
+    with pytest.raises(InvalidExchangeError, match=re.escape(f"{field} contains the control character U+000A")) as caught:
+        decode_exchange(encode(native(**{field: "line\nbreak"})))
+    assert caught.value.reason == "invalid_field"
+
+
+@pytest.mark.parametrize("user_id", ["org/alice", "100%", "  spaced user  ", "ユーザー", "émile\u00a0b", "a\u2028b"])
+def test_user_id_keeps_printable_characters(user_id: str) -> None:
+    assert decode_exchange(encode(native(user_id=user_id))).user_id == user_id
 
 
 def test_openai_without_user_rejected() -> None:

@@ -24,6 +24,7 @@ _KIND_TITLES = {
     "escalated": "Flag escalated",
     "renotify": "Flag still firing",
     "recovered": "Flag recovered",
+    "reviewed": "Flag reviewed",
     "sink_disabled": "Alert sink disabled",
     "test": "Test alert",
 }

@@ -7,12 +7,14 @@ from collections.abc import Callable
 from datetime import datetime
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from monitor import __version__
 from monitor.api.context import ApiContext, utc_now
 from monitor.api.metrics import ApiMetrics, RequestMetricsMiddleware
 from monitor.api.routes import exchanges, flags, health, overrides, users
+from monitor.api.validation import validation_error_response
 from monitor.settings import Settings
 from storage.engine import SessionFactory
 from storage.errors import DatabaseUnavailableError, StorageError
@@ -52,6 +54,7 @@ def create_app(
         app.include_router(module.router)
 
     app.add_exception_handler(StorageError, _storage_error)
+    app.add_exception_handler(RequestValidationError, validation_error_response)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app
 

@@ -117,6 +117,7 @@ def data_router(prefix: str, tag: str) -> APIRouter:
         dependencies=[Depends(require_viewer)],
         responses={
             401: {"model": ErrorResponse, "description": "Missing or unknown bearer token."},
+            422: {"model": ErrorResponse, "description": "A parameter or the body is invalid."},
             503: {"model": ErrorResponse, "description": "PostgreSQL is unavailable; retry later."},
         },
     )

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from storage.flags import MAX_REVIEW_NOTE_CHARS
 from storage.models import FlagEventRecord, FlagRecord
 
 FlagStatus = Literal["open", "acknowledged", "resolved", "false_positive"]
@@ -167,7 +168,7 @@ class FlagReview(BaseModel):
     """A reviewer's decision on a flag."""
 
     status: FlagStatus
-    note: str | None = Field(default=None, max_length=4000, description="Why; stored with the event.")
+    note: str | None = Field(default=None, max_length=MAX_REVIEW_NOTE_CHARS, description="Why; stored with the event.")
 
 
 class HistoryExchange(BaseModel):

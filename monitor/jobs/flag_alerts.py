@@ -92,12 +92,16 @@ def _payload(kind: str, flag: FlagSnapshot, now: datetime) -> dict[str, Any]:
         "max_prob": flag.max_prob,
         "risk": flag.risk,
         "exchange_ids": list(flag.exchange_ids[-MAX_ALERT_EXCHANGES:]),
+        "reason": flag.reason,
     }
 
 
 def _summary(kind: str, flag: FlagSnapshot) -> str:
     risk = f", risk {flag.risk:.2f}" if flag.risk is not None else ""
     facts = f"{flag.slip_through_count} slip-throughs, highest probability {flag.max_prob:.3g}{risk}"
+    if kind == "recovered":
+        # The numbers are the user's now, in the window that ends at this run.
+        facts = f"now {facts}" + (f"; {flag.reason}" if flag.reason else "")
     what = {
         "opened": "flagged",
         "reopened": "flagged again",

@@ -39,7 +39,15 @@ from monitor.user_risk import risk_for_users
 from storage.activity import ScoredExchangeSummary, TimeWindow, summarize_exchanges
 from storage.engine import SessionFactory, transaction
 from storage.errors import StorageError
-from storage.flags import FlagFinding, FlagTransition, firing_flag_users, recover_flags, upsert_flags
+from storage.flags import (
+    CurrentState,
+    FlagFinding,
+    FlagTransition,
+    firing_flag_users,
+    recover_flags,
+    retire_flags_of_removed_rules,
+    upsert_flags,
+)
 from storage.job_runs import record_job_run, tick_already_ran, try_advisory_xact_lock
 from storage.rule_matches import RuleMatch, SlipThroughCondition, match_users
 from storage.trusted_users import active_trusted_user_ids
@@ -200,8 +208,15 @@ def flag_users(
 
     findings = _findings(session, rule, matches, risks)
     counts = upsert_flags(session, findings, rule=rule.name, window_s=_seconds(rule.window), now=now)
+    meeting = {finding.user_id for finding in findings}
+    leaving = [user for user in firing_flag_users(session, rule.name) if user not in meeting]
     recovered = recover_flags(
-        session, rule=rule.name, evaluated=candidates, meeting={finding.user_id for finding in findings}, now=now
+        session,
+        rule=rule.name,
+        evaluated=candidates,
+        meeting=meeting,
+        now=now,
+        current=_current_states(session, rule, window, leaving, now=now) if leaving else {},
     )
     transitions: list[FlagTransition] = [*counts.transitions, *recovered]
     alert_count = enqueue_transition_alerts(session, transitions, sinks=alerts.sinks, now=now)
@@ -286,6 +301,9 @@ def _run_locked(
     if tick is not None and tick_already_ran(session, JOB_NAME, tick):
         return FlagJobResult(status="skipped", tick=tick, rule_names=names)
     results = tuple(flag_users(session, rule, now=now, alerts=alerts, overlap=overlap) for rule in rules)
+    retired = retire_flags_of_removed_rules(session, names, now=now)
+    if retired:
+        logger.info("job %s: %d firing flag(s) of rules no longer configured stopped firing", JOB_NAME, retired)
     return FlagJobResult(status="ok", rules=results, tick=tick, rule_names=names)
 
 
@@ -297,6 +315,35 @@ def _candidates(
     users = set(users_ingested_since(session, watermark, overlap=overlap))
     users.update(firing_flag_users(session, rule.name))
     return sorted(users)
+
+
+def _current_states(
+    session: Session, rule: FlagRule, window: TimeWindow, user_ids: Sequence[str], *, now: datetime
+) -> dict[str, CurrentState]:
+    """Compute the numbers of users whose flag is firing but who no longer meet the rule, and the reason."""
+    counted = {
+        match.user_id: match
+        for match in match_users(
+            session, window, rule.condition, min_count=1, user_ids=user_ids, evidence_limit=1
+        )
+    }
+    risks = risk_for_users(session, list(user_ids), window, rule.risk)
+    trusted = active_trusted_user_ids(session, user_ids, now=now)
+    states = {}
+    for user_id in user_ids:
+        match = counted.get(user_id)
+        count = match.slip_throughs if match else 0
+        risk = risks[user_id][0]
+        if user_id in trusted:
+            reason = "the user is on the trusted allowlist"
+        elif count < rule.min_slip_throughs:
+            reason = f"{count} slip-through(s) in the window, below the rule's {rule.min_slip_throughs}"
+        else:
+            reason = f"risk {risk:.2f}, below the rule's {rule.min_risk:g}"
+        states[user_id] = CurrentState(
+            slip_throughs=count, max_prob=match.max_prob if match else 0.0, risk=risk, reason=reason
+        )
+    return states
 
 
 def _findings(

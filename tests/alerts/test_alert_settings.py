@@ -48,7 +48,7 @@ def test_no_sinks_when_all_off() -> None:
         ),
         (
             {"SENTINEL_ALERTS__WEBHOOK_URL": "https:///no-host", "SENTINEL_ALERTS__WEBHOOK_SECRET": SECRET},
-            "must be an http:// or https:// URL with a host",
+            "the https:// URL has no host",
         ),
         (
             {"SENTINEL_ALERTS__WEBHOOK_URL": "https://example.com/hook", "SENTINEL_ALERTS__WEBHOOK_SECRET": "short"},
@@ -76,6 +76,23 @@ def test_error_hides_webhook_url() -> None:
     with pytest.raises(ConfigError) as raised:
         load_settings(environ={"SENTINEL_ALERTS__WEBHOOK_URL": "ftp://example.com/T0/secret-token"})
 
+    assert "secret-token" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http:///T0/secret-token", "the http:// URL has no host"),
+        ("https://:8080/secret-token", "the https:// URL has no host"),
+        ("ftp://example.com/secret-token", "got scheme 'ftp'"),
+        ("http://[::1/secret-token", "is not a valid URL"),
+    ],
+)
+def test_webhook_url_error_names_problem(url: str, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={"SENTINEL_ALERTS__WEBHOOK_URL": url, "SENTINEL_ALERTS__WEBHOOK_SECRET": "s" * 32})
+
+    assert message in str(raised.value)
     assert "secret-token" not in str(raised.value)
 
 

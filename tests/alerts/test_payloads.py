@@ -7,9 +7,11 @@ from datetime import datetime, timezone
 from http.client import HTTPMessage
 from typing import Any
 
+import pytest
+
 from monitor.alerts.payloads import SCHEMA, alert_message, encode_message, sign, slack_message
 from monitor.alerts.sinks import WebhookSink
-from storage.alerts import StoredAlert
+from storage.alerts import ALERT_KINDS, StoredAlert
 from tests.alerts.receiver import verify_signature
 from tests.conftest import REPO_ROOT
 
@@ -69,6 +71,16 @@ def test_slack_message_without_flag() -> None:
     fields = [field["text"] for field in message["blocks"][2]["fields"]]
     assert fields == ["*Severity*\nhigh", "*Kind*\nsink_disabled"]
     assert "Alert sink disabled" in message["blocks"][0]["text"]["text"]
+
+
+@pytest.mark.parametrize("kind", ALERT_KINDS)
+def test_slack_header_has_title_for_every_kind(kind: str) -> None:
+    header = slack_message(_alert(kind=kind, severity="high"))["blocks"][0]["text"]["text"]
+
+    emoji, title = header.split(" ", 1)
+    assert emoji == ":rotating_light:"
+    assert title != kind
+    assert title[0].isupper()
 
 
 def test_encoding_is_stable() -> None:

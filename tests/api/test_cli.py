@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from monitor.api.auth import find_principal, token_digest
 from monitor.settings import DatabaseSettings, load_settings
 from storage.engine import transaction
-from storage.flags import FlagFinding, list_flags, upsert_flags
+from storage.flags import MAX_REVIEW_NOTE_CHARS, FlagFinding, list_flags, upsert_flags
 from tests.api.conftest import VIEWER_TOKEN, auth, settings_environment
 from tests.conftest import REPO_ROOT
 from tests.storage.factories import NOW
@@ -55,6 +55,15 @@ def test_api_token_prints_a_working_entry() -> None:
     principal = find_principal(settings.api.tokens, token)
     assert principal is not None
     assert principal.role == "reviewer"
+
+
+@pytest.mark.parametrize(("args", "name", "role"), [([], "viewer-1", "viewer"), (["--role", "reviewer"], "reviewer-1", "reviewer")])
+def test_api_token_default_name_follows_role(args: list[str], name: str, role: str) -> None:
+    result = run_cli(None, "api", "token", *args)
+    assert result.returncode == 0, result.stderr
+    entry = json.loads(result.stdout.strip().splitlines()[-1])
+    assert entry["name"] == name
+    assert entry["role"] == role
 
 
 def test_api_tokens_differ_each_time() -> None:
@@ -101,6 +110,25 @@ def test_flags_review_and_show(
     text = run_cli(database_settings, "flags", "show", str(flag_id))
     assert "reviewed by sam" in text.stdout
     assert "acknowledged by sam: looking" in text.stdout
+
+
+@pytest.mark.postgres
+def test_flags_review_note_limit_matches_api(
+    database_settings: DatabaseSettings, session_factory: sessionmaker[Session]
+) -> None:
+    flag_id = seed_flags(session_factory)[0]
+    too_long = run_cli(
+        database_settings, "flags", "review", str(flag_id), "resolved", "--by", "sam", "--note", "x" * (MAX_REVIEW_NOTE_CHARS + 1)
+    )
+    assert too_long.returncode == 2
+    assert f"the maximum is {MAX_REVIEW_NOTE_CHARS}" in too_long.stderr
+    with session_factory() as session:
+        assert [flag.status for flag in list_flags(session) if flag.id == flag_id] == ["open"]
+
+    longest = run_cli(
+        database_settings, "flags", "review", str(flag_id), "resolved", "--by", "sam", "--note", "x" * MAX_REVIEW_NOTE_CHARS
+    )
+    assert longest.returncode == 0, longest.stderr
 
 
 @pytest.mark.postgres

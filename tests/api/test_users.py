@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import replace
 from datetime import timedelta
+from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import monitor.cli
 from monitor.guard import InjectionFinding
 from monitor.settings import DatabaseSettings
+from monitor.wire import decode_exchange
 from storage.engine import transaction
 from storage.flags import FlagFinding, upsert_flags
 from tests.api.conftest import VIEWER_TOKEN, auth, seed, settings_environment
@@ -97,11 +99,65 @@ def test_user_id_with_slash(client: TestClient, session_factory: sessionmaker[Se
     assert history.json()["user_id"] == "org/alice"
 
 
+DECODABLE_USER_IDS = [
+    "org/alice",
+    "100% sure",
+    "  spaced user  ",
+    "ユーザー/😀",
+    "a\u2028b",
+    "ends/with/risk",
+    "top",
+    "..",
+    "a/../b",
+    "query?x=1#frag",
+    "back\\slash",
+]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("user_id", DECODABLE_USER_IDS)
+def test_routes_reach_every_decodable_user_id(
+    client: TestClient, session_factory: sessionmaker[Session], user_id: str
+) -> None:
+    decoded = decode_exchange(json.dumps(native_message(user_id)).encode("utf-8")).user_id
+    assert decoded == user_id
+    seed(session_factory, [scored_exchange(user_id=decoded)])
+    # Clients drop `.` and `..` path segments before sending, so the dots travel percent-encoded.
+    path = quote(user_id, safe="").replace(".", "%2E")
+
+    risk = client.get(f"/v1/users/{path}/risk", headers=auth(VIEWER_TOKEN))
+    assert risk.status_code == 200, risk.text
+    assert risk.json()["user_id"] == user_id
+    history = client.get(f"/v1/users/{path}/history", headers=auth(VIEWER_TOKEN))
+    assert history.status_code == 200, history.text
+    assert history.json()["user_id"] == user_id
+
+
+def native_message(user_id: str) -> dict[str, object]:
+    return {
+        "schema": "exchange/v1",
+        "id": "ex-1",
+        "user_id": user_id,
+        "model": "m",
+        "created_at": "2026-12-01T10:00:00Z",
+        "request": {"messages": [{"role": "user", "content": "Hi"}]},
+        "response": {"content": "Hello"},
+    }
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("query", ["window=1y", "window=0h", "limit=0", "limit=1001", "limit=many"])
 def test_top_rejects_invalid_query(client: TestClient, query: str) -> None:
     response = client.get(f"/v1/users/top?{query}", headers=auth(VIEWER_TOKEN))
     assert response.status_code == 422
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("window", ["200000w", "99999999999w"])
+def test_top_rejects_huge_window(client: TestClient, window: str) -> None:
+    response = client.get(f"/v1/users/top?window={window}", headers=auth(VIEWER_TOKEN))
+    assert response.status_code == 422
+    assert "longer than the maximum of 3650d" in response.json()["detail"]
 
 
 @pytest.mark.postgres

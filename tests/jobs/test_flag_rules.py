@@ -261,3 +261,49 @@ def test_review_writes_a_reviewed_alert_without_the_note(session_factory: sessio
     assert alert.payload["status"] == "false_positive"
     assert "quoted request text" not in str(alert.payload)
     assert deliveries == sorted(SINKS)
+
+
+def _latest_alert(factory: sessionmaker[Session], kind: str) -> AlertRecord:
+    with factory() as session:
+        return session.scalars(select(AlertRecord).where(AlertRecord.kind == kind).order_by(AlertRecord.id.desc())).first()  # type: ignore[return-value]
+
+
+def test_recovered_alert_gives_the_numbers_now_and_the_reason(session_factory: sessionmaker[Session]) -> None:
+    _save(session_factory, _slips(3))
+    run_flag_job(session_factory, _settings(), alerts=ALERTS, now=NOW)
+
+    # Two of the three slip-throughs leave the window.
+    run_flag_job(session_factory, _settings(), alerts=ALERTS, now=NOW + timedelta(hours=24) - timedelta(minutes=10, seconds=1))
+
+    payload = _latest_alert(session_factory, "recovered").payload
+    assert payload["slip_through_count"] == 1
+    assert payload["reason"] == "1 slip-through(s) in the window, below the rule's 3"
+    assert "now 1 slip-throughs" in payload["summary"]
+    flag = _flags(session_factory)[0]
+    assert flag.slip_through_count == 3, "the flag keeps the evidence of the last window that met the rule"
+
+
+def test_allowlisted_user_recovers_with_that_reason(session_factory: sessionmaker[Session]) -> None:
+    _save(session_factory, _slips(3))
+    run_flag_job(session_factory, _settings(), alerts=ALERTS, now=NOW)
+    with session_factory() as session, session.begin():
+        allow_user(session, "mallory", reason="red team", approver="carol", expires_at=NOW + timedelta(days=1), now=NOW)
+
+    run_flag_job(session_factory, _settings(), alerts=ALERTS, now=NOW + timedelta(minutes=1))
+
+    payload = _latest_alert(session_factory, "recovered").payload
+    assert payload["reason"] == "the user is on the trusted allowlist"
+    assert payload["slip_through_count"] == 3
+
+
+def test_flags_of_a_removed_rule_stop_firing_without_alert(session_factory: sessionmaker[Session]) -> None:
+    _save(session_factory, _slips(3))
+    run_flag_job(session_factory, _settings(_rule(name="old-rule")), alerts=ALERTS, now=NOW)
+
+    run_flag_job(session_factory, _settings(_rule(name="new-rule")), alerts=ALERTS, now=NOW)
+
+    flags = {flag.rule: flag for flag in _flags(session_factory)}
+    assert (flags["old-rule"].status, flags["old-rule"].firing) == ("open", False)
+    assert (flags["new-rule"].status, flags["new-rule"].firing) == ("open", True)
+    assert _events(session_factory, flags["old-rule"].id) == ["opened", "rule_removed"]
+    assert [kind for kind, _, _ in _alerts(session_factory)] == ["opened", "opened"]
