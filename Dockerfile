@@ -28,5 +28,7 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then pip install --index-url "$TORCH_INDEX_URL
 
 USER sentinel
 WORKDIR /home/sentinel
+# The HTTP API of `run` (api.port); set api.host to 0.0.0.0 to reach it from outside.
+EXPOSE 8686
 ENTRYPOINT ["sentinel-monitor"]
 CMD ["run"]

@@ -12,6 +12,8 @@ from types import ModuleType
 
 import pytest
 
+from monitor.settings import load_settings
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICES = REPO_ROOT / "scripts" / "services"
 SHELL_SCRIPTS = [
@@ -180,3 +182,15 @@ def test_compose_file_runs_migrations_before_daemon() -> None:
     assert services["monitor"]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
     assert services["monitor"]["environment"]["SENTINEL_KAFKA__BOOTSTRAP_SERVERS"] == "kafka:9092"
     assert services["monitor"]["environment"]["SENTINEL_DATABASE__URL"].startswith("postgresql+psycopg://")
+
+
+def test_compose_file_publishes_the_api_on_loopback() -> None:
+    yaml = pytest.importorskip("yaml")
+    monitor = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]["monitor"]
+    environment = monitor["environment"]
+
+    assert monitor["ports"] == ["127.0.0.1:8686:8686"]
+    # Compose substitutes the default when SENTINEL_API__TOKENS is unset; the settings must accept it.
+    tokens = environment["SENTINEL_API__TOKENS"].removeprefix("${SENTINEL_API__TOKENS:-").removesuffix("}")
+    settings = load_settings(None, environ={"SENTINEL_API__HOST": environment["SENTINEL_API__HOST"], "SENTINEL_API__TOKENS": tokens})
+    assert (settings.api.host, settings.api.port, settings.api.tokens) == ("0.0.0.0", 8686, ())
