@@ -38,6 +38,8 @@ class FlagFinding:
     max_prob: float
     evidence: dict[str, Any]
     severity: str = "high"
+    # True when `severity` is the rule's escalation severity, reached by count or risk.
+    escalated: bool = False
 
 
 @dataclass(frozen=True)
@@ -372,6 +374,7 @@ def _update_flag(flag: FlagRecord, finding: FlagFinding, *, window_s: int, now: 
     old_ids = set(flag.evidence.get("exchange_ids", ()))
     cites_new = bool(set(finding.evidence.get("exchange_ids", ())) - old_ids)
     kind: str | None = None
+    severity_raised = False
     if flag.status in CLOSED_STATUSES:
         if cites_new:
             kind = "reopened"
@@ -383,12 +386,18 @@ def _update_flag(flag: FlagRecord, finding: FlagFinding, *, window_s: int, now: 
         kind = "reopened"
         flag.status, flag.firing, flag.firing_since = "open", True, now
         flag.severity = _higher(flag.severity, finding.severity)
-    elif SEVERITY_RANK[finding.severity] > SEVERITY_RANK[flag.severity]:
+    elif SEVERITY_RANK[finding.severity] > SEVERITY_RANK[flag.severity] and finding.escalated:
         kind = "escalated"
         flag.status, flag.severity, flag.escalated_at = "open", finding.severity, now
+    elif SEVERITY_RANK[finding.severity] > SEVERITY_RANK[flag.severity]:
+        # The rule's own severity went up (a configuration change, or a flag
+        # from before severities existed): no escalation to announce.
+        flag.severity = finding.severity
+        severity_raised = True
 
     data_changed = (
-        flag.evidence != finding.evidence
+        severity_raised
+        or flag.evidence != finding.evidence
         or flag.slip_through_count != finding.slip_through_count
         or flag.max_prob != finding.max_prob
         or flag.window_s != window_s

@@ -367,6 +367,7 @@ def _finding(
 ) -> FlagFinding:
     cited = [exchange_id for exchange_id in match.latest_ids if exchange_id in summaries]
     score, parts = risk
+    severity = rule.severity_for(match.slip_throughs, score)
     evidence = {
         "exchange_ids": cited,
         "probabilities": {exchange_id: summaries[exchange_id].probabilities for exchange_id in cited},
@@ -377,7 +378,8 @@ def _finding(
         slip_through_count=match.slip_throughs,
         max_prob=match.max_prob,
         evidence=evidence,
-        severity=rule.severity_for(match.slip_throughs, score),
+        severity=severity,
+        escalated=severity != rule.severity,
     )
 
 

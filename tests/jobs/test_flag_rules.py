@@ -307,3 +307,16 @@ def test_flags_of_a_removed_rule_stop_firing_without_alert(session_factory: sess
     assert (flags["new-rule"].status, flags["new-rule"].firing) == ("open", True)
     assert _events(session_factory, flags["old-rule"].id) == ["opened", "rule_removed"]
     assert [kind for kind, _, _ in _alerts(session_factory)] == ["opened", "opened"]
+
+
+def test_raising_the_rule_severity_is_not_an_escalation(session_factory: sessionmaker[Session]) -> None:
+    _save(session_factory, _slips(3))
+    run_flag_job(session_factory, _settings(_rule(severity="medium")), alerts=ALERTS, now=NOW)
+
+    run_flag_job(session_factory, _settings(_rule(severity="high")), alerts=ALERTS, now=NOW + timedelta(minutes=1))
+
+    flag = _flags(session_factory)[0]
+    assert flag.severity == "high"
+    assert flag.escalated_at is None
+    assert _events(session_factory, flag.id) == ["opened"]
+    assert [kind for kind, _, _ in _alerts(session_factory)] == ["opened"]
