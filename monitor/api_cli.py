@@ -23,7 +23,7 @@ def add_api_commands(commands: Any) -> None:
 
     token = api.add_parser("token", help="print a new random token and the api.tokens entry that accepts it")
     token.add_argument(
-        "--name", default=None, help="who holds the token (default: ROLE-1, e.g. viewer-1)"
+        "--name", default=None, help="who uses the token (default: ROLE-1, e.g. viewer-1)"
     )
     token.add_argument("--role", choices=API_ROLES, default="viewer", help="viewer or reviewer (default viewer)")
     token.set_defaults(handler=_token)

@@ -264,7 +264,7 @@ class FlagSettings:
             rule.validate(f"flags.rules[{index}]")
 
     def default_rule(self) -> RuleSettings:
-        """The rule built from the flat flags.* fields, named as before rules existed, e.g. `slip_throughs>=3,risk>=0.4/24h`."""
+        """Build the rule of the flat flags.* fields, named as before rules existed, e.g. `slip_throughs>=3,risk>=0.4/24h`."""
         risk = f",risk>={self.min_risk:g}" if self.min_risk > 0 else ""
         return RuleSettings(
             name=f"slip_throughs>={self.min_slip_throughs}{risk}/{_duration_name(self.window_s)}",
@@ -277,7 +277,7 @@ class FlagSettings:
         )
 
     def active_rules(self) -> tuple[RuleSettings, ...]:
-        """The configured rules, or the default rule when none are configured."""
+        """Return the configured rules, or the default rule when none are configured."""
         return self.rules or (self.default_rule(),)
 
 
@@ -476,7 +476,7 @@ _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 @dataclass(frozen=True)
 class ApiToken:
-    name: str = _doc("Who holds the token; recorded as the actor of the flag reviews made with it.", default="")
+    name: str = _doc("Who uses the token; recorded as the actor of the flag reviews made with it.", default="")
     role: Literal["viewer", "reviewer"] = _doc(
         "viewer reads scores, ids and flags; reviewer also reads raw text and reviews flags.", default="viewer"
     )
@@ -512,7 +512,7 @@ class ApiSettings:
 
 def _validate_api_token(token: ApiToken, where: str) -> None:
     if not token.name.strip():
-        raise ConfigError(f"setting {where}.name is empty; name the person or service that holds the token")
+        raise ConfigError(f"setting {where}.name is empty; name the person or service that uses the token")
     if token.role not in API_ROLES:
         raise ConfigError(f"setting {where}.role={token.role!r} is invalid; choose one of {', '.join(API_ROLES)}")
     if not _SHA256_HEX.fullmatch(token.sha256):

@@ -80,7 +80,7 @@ def test_scenario_run_flags_exactly_the_abusive_users(
 
 
 @pytest.mark.datasets
-def test_scenario_asking_too_many_harmful_rows_says_what_to_lower(public_datasets: Path) -> None:
+def test_scenario_too_many_harmful_rows(public_datasets: Path) -> None:
     shape = ScenarioShape(abusive_users=3, abusive_requests=100)
     with pytest.raises(ScenarioError, match="need 300 harmful rows, but the datasets give .*lower --abusive-users"):
         build_scenario(public_datasets, shape, start=START)

@@ -21,7 +21,7 @@ from storage.errors import DatabaseUnavailableError, StorageError
 
 logger = logging.getLogger(__name__)
 
-# Routes that answer without a token; every other route must require one (a test checks).
+# Routes that respond without a token; every other route must require one (a test checks).
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
 
 DESCRIPTION = """\

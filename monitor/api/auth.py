@@ -42,7 +42,7 @@ bearer_scheme = HTTPBearer(
 
 @dataclass(frozen=True)
 class Principal:
-    """Who made the request: the configured token's name and role."""
+    """The caller of a request: the configured token's name and role."""
 
     name: str
     role: str

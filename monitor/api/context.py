@@ -1,4 +1,4 @@
-"""What every request handler needs: the settings, the session factory, the clock and the metrics."""
+"""The state every request handler needs: the settings, the session factory, the clock and the metrics."""
 
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ def review(
 ) -> FlagDetail | None:
     """Set a flag's status on behalf of `actor`, record the event and a `reviewed` alert; None for an unknown id.
 
-    The alert tells the team who changed the flag. It leaves the reviewer's
+    The alert shows the team who changed the flag. It leaves the reviewer's
     note out, since a note may quote the request.
     """
     with transaction(session_factory, f"review flag {flag_id}") as session:

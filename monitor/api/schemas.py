@@ -20,7 +20,7 @@ Severity = Literal["low", "medium", "high", "critical"]
 
 
 class ErrorResponse(BaseModel):
-    """The body of every 4xx and 5xx answer."""
+    """The body of every 4xx and 5xx response."""
 
     detail: str = Field(description="What failed and how to fix it.")
 
@@ -64,7 +64,7 @@ class WindowRisk(BaseModel):
 
 
 class UserRiskReport(BaseModel):
-    """The answer of GET /v1/users/{user_id}/risk, equal to `sentinel-monitor users risk USER --json`."""
+    """The response of GET /v1/users/{user_id}/risk, equal to `sentinel-monitor users risk USER --json`."""
 
     user_id: str
     windows: list[WindowRisk]
@@ -85,7 +85,7 @@ class RankedUser(BaseModel):
 
 
 class TopUsers(BaseModel):
-    """The answer of GET /v1/users/top, equal to `sentinel-monitor users top --json`."""
+    """The response of GET /v1/users/top, equal to `sentinel-monitor users top --json`."""
 
     window_s: float
     users: list[RankedUser]

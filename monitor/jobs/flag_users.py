@@ -193,7 +193,8 @@ def flag_users(
     window = TimeWindow.ending(now, rule.window)
     clock = database_now(session)
     watermark = read_watermark(session, rule.watermark_job)
-    candidates = _candidates(session, rule, watermark, overlap)
+    firing = firing_flag_users(session, rule.name)
+    candidates = _candidates(session, firing, watermark, overlap)
 
     matches = match_users(
         session, window, rule.condition, min_count=rule.min_slip_throughs, user_ids=candidates,
@@ -209,7 +210,7 @@ def flag_users(
     findings = _findings(session, rule, matches, risks)
     counts = upsert_flags(session, findings, rule=rule.name, window_s=_seconds(rule.window), now=now)
     meeting = {finding.user_id for finding in findings}
-    leaving = [user for user in firing_flag_users(session, rule.name) if user not in meeting]
+    leaving = [user for user in firing if user not in meeting]
     recovered = recover_flags(
         session,
         rule=rule.name,
@@ -308,12 +309,12 @@ def _run_locked(
 
 
 def _candidates(
-    session: Session, rule: FlagRule, watermark: datetime | None, overlap: timedelta
+    session: Session, firing: Sequence[str], watermark: datetime | None, overlap: timedelta
 ) -> list[str] | None:
     if watermark is None:
         return None
     users = set(users_ingested_since(session, watermark, overlap=overlap))
-    users.update(firing_flag_users(session, rule.name))
+    users.update(firing)
     return sorted(users)
 
 

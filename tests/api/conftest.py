@@ -75,7 +75,7 @@ def api_routes(app: FastAPI) -> list[APIRoute]:
     """Return every APIRoute of the app, descending into included routers.
 
     FastAPI 0.165 keeps an included router as one entry whose `original_router`
-    holds the routes; older versions copy the routes into `app.routes`.
+    contains the routes; older versions copy the routes into `app.routes`.
     """
     found: list[APIRoute] = []
     pending: list[Any] = list(app.routes)

@@ -1,8 +1,7 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import pytest
@@ -24,6 +23,7 @@ from storage.errors import DatabaseUnavailableError
 from storage.exchanges import ExchangeRepository, count_exchanges, count_scores
 from storage.job_runs import list_job_runs, record_job_run, try_advisory_xact_lock
 from storage.models import JobRunRecord
+from tests.jobs.replicas import assert_each_tick_runs_once
 from tests.storage.factories import HIGH, LOW, NOW, SENTINELS, scored_exchange
 
 SETTINGS = ConsistencySettings(interval_s=600, window_s=3600, similarity=0.8, max_exchanges=100, min_group_size=2)
@@ -246,35 +246,4 @@ def test_failed_tick_runs_again(session_factory: sessionmaker[Session]) -> None:
 def test_three_schedulers_run_each_tick_once(session_factory: sessionmaker[Session]) -> None:
     # The flag job also starts with each scheduler; a long interval keeps it to one run each.
     settings = Settings(consistency=ConsistencySettings(interval_s=1), flags=FlagSettings(interval_s=3600))
-    counters = [JobCounters() for _ in range(3)]
-    schedulers = [build_scheduler(settings, session_factory, counters=c) for c in counters]
-
-    # Replicas start apart, so their timers fire at different points of each
-    # tick and a later one finds the tick finished instead of the lock taken.
-    for scheduler in schedulers:
-        scheduler.start()
-        time.sleep(STAGGER_S)
-    try:
-        _wait_for(lambda: sum(c.get("runs", JOB_NAME) for c in counters) >= 12, "twelve consistency job runs in all")
-    finally:
-        for scheduler in schedulers:
-            scheduler.shutdown(wait=True)
-
-    with session_factory() as session:
-        runs = list_job_runs(session, JOB_NAME, limit=1000)
-    assert all(c.get("failures", JOB_NAME) == 0 for c in counters)
-    assert len(runs) == sum(c.get("runs", JOB_NAME) for c in counters)
-    ok_ticks = [run.detail["tick"] for run in runs if run.status == "ok"]
-    assert len(ok_ticks) == len(set(ok_ticks)), f"a tick ran more than once: {sorted(ok_ticks)}"
-    assert len(ok_ticks) >= 2
-    assert any(run.status == "skipped" for run in runs)
-    all_ticks = {run.detail["tick"] for run in runs}
-    assert all_ticks == set(ok_ticks), "every tick that some replica reached ran once"
-
-
-def _wait_for(condition: Callable[[], bool], description: str, deadline_s: float = 15.0) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {deadline_s} s waiting for {description}")
-        time.sleep(0.05)
+    assert_each_tick_runs_once(session_factory, settings, JOB_NAME, stagger_s=STAGGER_S)

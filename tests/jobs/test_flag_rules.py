@@ -62,7 +62,7 @@ def _events(factory: sessionmaker[Session], flag_id: int) -> list[str]:
         return [event.kind for event in list_flag_events(session, flag_id)]
 
 
-def test_each_rule_keeps_its_own_flag_and_severity(session_factory: sessionmaker[Session]) -> None:
+def test_each_rule_has_own_flag(session_factory: sessionmaker[Session]) -> None:
     _save(session_factory, _slips(3))
     settings = _settings(_rule(name="slips-24h", severity="medium"), _rule(name="slips-1h", window_s=3600, severity="high"))
 
@@ -76,7 +76,7 @@ def test_each_rule_keeps_its_own_flag_and_severity(session_factory: sessionmaker
     assert sorted(_alerts(session_factory)) == [("opened", "high", "mallory"), ("opened", "medium", "mallory")]
 
 
-def test_rule_thresholds_count_only_exchanges_above_them(session_factory: sessionmaker[Session]) -> None:
+def test_rule_thresholds_filter_exchanges(session_factory: sessionmaker[Session]) -> None:
     # All six slip through at the scoring threshold of im_sorry (0.05); only two reach 0.5.
     _save(session_factory, _slips(4, probs={"im_sorry": 0.1, "i_cant": 0.001}))
     _save(session_factory, _slips(2, probs={"im_sorry": 0.7, "i_cant": 0.001}, age=timedelta(minutes=30)))
@@ -97,7 +97,7 @@ def test_rule_thresholds_count_only_exchanges_above_them(session_factory: sessio
     assert flags["strict"].max_prob == pytest.approx(0.9)
 
 
-def test_rule_sentinels_ignore_the_other_sentinels(session_factory: sessionmaker[Session]) -> None:
+def test_rule_sentinels_ignore_others(session_factory: sessionmaker[Session]) -> None:
     _save(session_factory, _slips(3, probs={"im_sorry": 0.9, "i_cant": 0.001}))
     only_i_cant = _rule(name="i-cant-only", sentinels=("i_cant",))
 
@@ -109,7 +109,7 @@ def test_rule_sentinels_ignore_the_other_sentinels(session_factory: sessionmaker
     assert [flag.slip_through_count for flag in _flags(session_factory)] == [3]
 
 
-def test_more_evidence_escalates_and_reopens_an_acknowledged_flag(session_factory: sessionmaker[Session]) -> None:
+def test_escalation_reopens_acknowledged_flag(session_factory: sessionmaker[Session]) -> None:
     _save(session_factory, _slips(3))
     run_flag_job(session_factory, _settings(), alerts=ALERTS, now=NOW)
     flag_id = _flags(session_factory)[0].id
@@ -126,7 +126,7 @@ def test_more_evidence_escalates_and_reopens_an_acknowledged_flag(session_factor
     assert [kind for kind, _, _ in _alerts(session_factory)] == ["opened", "escalated"]
 
 
-def test_severity_stays_up_while_the_flag_is_active(session_factory: sessionmaker[Session]) -> None:
+def test_severity_never_drops_while_active(session_factory: sessionmaker[Session]) -> None:
     _save(session_factory, _slips(6))
     run_flag_job(session_factory, _settings(), now=NOW)
     assert _flags(session_factory)[0].severity == "critical"
@@ -138,7 +138,7 @@ def test_severity_stays_up_while_the_flag_is_active(session_factory: sessionmake
     assert (flag.slip_through_count, flag.severity, flag.firing) == (3, "critical", True)
 
 
-def test_flag_recovers_when_evidence_leaves_the_window_and_reopens_on_new_evidence(
+def test_flag_recovers_then_reopens(
     session_factory: sessionmaker[Session],
 ) -> None:
     _save(session_factory, _slips(3))
@@ -161,7 +161,7 @@ def test_flag_recovers_when_evidence_leaves_the_window_and_reopens_on_new_eviden
     assert _events(session_factory, flag.id) == ["opened", "recovered", "reopened"]
 
 
-def test_open_firing_flag_is_notified_again_once_per_interval(session_factory: sessionmaker[Session]) -> None:
+def test_renotify_once_per_interval(session_factory: sessionmaker[Session]) -> None:
     _save(session_factory, _slips(3))
     run_flag_job(session_factory, _settings(), alerts=ALERTS, now=NOW)
 
@@ -179,7 +179,7 @@ def test_open_firing_flag_is_notified_again_once_per_interval(session_factory: s
     assert len(_alerts(session_factory)) == 3
 
 
-def test_repeated_runs_write_no_duplicate_alerts_and_one_delivery_per_sink(
+def test_repeated_runs_deduplicate_alerts(
     session_factory: sessionmaker[Session],
 ) -> None:
     _save(session_factory, _slips(3))
@@ -192,7 +192,7 @@ def test_repeated_runs_write_no_duplicate_alerts_and_one_delivery_per_sink(
     assert sinks == sorted(SINKS)
 
 
-def test_trusted_user_is_not_flagged_and_their_flag_recovers(session_factory: sessionmaker[Session]) -> None:
+def test_trusted_user_not_flagged(session_factory: sessionmaker[Session]) -> None:
     _save(session_factory, _slips(3) + _slips(3, user_id="red-team"))
     with session_factory() as session, session.begin():
         allow_user(
@@ -205,7 +205,7 @@ def test_trusted_user_is_not_flagged_and_their_flag_recovers(session_factory: se
     assert [flag.user_id for flag in _flags(session_factory)] == ["mallory"]
 
 
-def test_incremental_run_evaluates_only_users_with_new_exchanges(session_factory: sessionmaker[Session]) -> None:
+def test_incremental_run_reads_new_users(session_factory: sessionmaker[Session]) -> None:
     _save(session_factory, _slips(3) + [scored_exchange(user_id="quiet", probs=LOW)])
     first = run_flag_job(session_factory, _settings(), now=NOW)
     assert first.rules[0].evaluated_users is None
@@ -220,7 +220,7 @@ def test_incremental_run_evaluates_only_users_with_new_exchanges(session_factory
     assert [flag.user_id for flag in _flags(session_factory)] == ["mallory", "newcomer"]
 
 
-def test_overlap_catches_an_exchange_committed_after_the_watermark(session_factory: sessionmaker[Session]) -> None:
+def test_overlap_catches_late_commit(session_factory: sessionmaker[Session]) -> None:
     _save(session_factory, _slips(2, user_id="late"))
     run_flag_job(session_factory, _settings(overlap_s=0), now=NOW)
 
@@ -241,7 +241,7 @@ def test_overlap_catches_an_exchange_committed_after_the_watermark(session_facto
     assert [flag.slip_through_count for flag in _flags(session_factory)] == [3]
 
 
-def test_review_writes_a_reviewed_alert_without_the_note(session_factory: sessionmaker[Session]) -> None:
+def test_review_alert_omits_note(session_factory: sessionmaker[Session]) -> None:
     from monitor.api.flag_views import review
 
     _save(session_factory, _slips(3))
@@ -268,7 +268,7 @@ def _latest_alert(factory: sessionmaker[Session], kind: str) -> AlertRecord:
         return session.scalars(select(AlertRecord).where(AlertRecord.kind == kind).order_by(AlertRecord.id.desc())).first()  # type: ignore[return-value]
 
 
-def test_recovered_alert_gives_the_numbers_now_and_the_reason(session_factory: sessionmaker[Session]) -> None:
+def test_recovered_alert_current_numbers(session_factory: sessionmaker[Session]) -> None:
     _save(session_factory, _slips(3))
     run_flag_job(session_factory, _settings(), alerts=ALERTS, now=NOW)
 
@@ -283,7 +283,7 @@ def test_recovered_alert_gives_the_numbers_now_and_the_reason(session_factory: s
     assert flag.slip_through_count == 3, "the flag keeps the evidence of the last window that met the rule"
 
 
-def test_allowlisted_user_recovers_with_that_reason(session_factory: sessionmaker[Session]) -> None:
+def test_allowlisted_user_recovers(session_factory: sessionmaker[Session]) -> None:
     _save(session_factory, _slips(3))
     run_flag_job(session_factory, _settings(), alerts=ALERTS, now=NOW)
     with session_factory() as session, session.begin():
@@ -296,7 +296,7 @@ def test_allowlisted_user_recovers_with_that_reason(session_factory: sessionmake
     assert payload["slip_through_count"] == 3
 
 
-def test_flags_of_a_removed_rule_stop_firing_without_alert(session_factory: sessionmaker[Session]) -> None:
+def test_removed_rule_stops_firing(session_factory: sessionmaker[Session]) -> None:
     _save(session_factory, _slips(3))
     run_flag_job(session_factory, _settings(_rule(name="old-rule")), alerts=ALERTS, now=NOW)
 
@@ -309,7 +309,7 @@ def test_flags_of_a_removed_rule_stop_firing_without_alert(session_factory: sess
     assert [kind for kind, _, _ in _alerts(session_factory)] == ["opened", "opened"]
 
 
-def test_raising_the_rule_severity_is_not_an_escalation(session_factory: sessionmaker[Session]) -> None:
+def test_raised_base_severity_not_escalation(session_factory: sessionmaker[Session]) -> None:
     _save(session_factory, _slips(3))
     run_flag_job(session_factory, _settings(_rule(severity="medium")), alerts=ALERTS, now=NOW)
 

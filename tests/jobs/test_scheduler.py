@@ -14,6 +14,7 @@ from monitor.jobs.scheduler import JobCounters, build_scheduler, guarded
 from monitor.settings import FlagSettings, Settings
 from storage.errors import DatabaseUnavailableError
 from storage.job_runs import list_job_runs
+from tests.jobs.replicas import assert_each_tick_runs_once
 
 DEADLINE_S = 15.0
 
@@ -116,25 +117,4 @@ def test_scheduler_runs_flag_job_at_start(session_factory: sessionmaker[Session]
 
 @pytest.mark.postgres
 def test_three_schedulers_run_each_tick_once(session_factory: sessionmaker[Session]) -> None:
-    settings = Settings(flags=FlagSettings(interval_s=1))
-    counters = [JobCounters() for _ in range(3)]
-    schedulers = [build_scheduler(settings, session_factory, counters=c) for c in counters]
-
-    for scheduler in schedulers:
-        scheduler.start()
-    try:
-        _wait_for(lambda: sum(c.get("runs", JOB_NAME) for c in counters) >= 12, "twelve flag job runs in all")
-    finally:
-        for scheduler in schedulers:
-            scheduler.shutdown(wait=True)
-
-    with session_factory() as session:
-        runs = list_job_runs(session, JOB_NAME, limit=1000)
-    assert all(c.get("failures", JOB_NAME) == 0 for c in counters)
-    assert len(runs) == sum(c.get("runs", JOB_NAME) for c in counters)
-    ok_ticks = [run.detail["tick"] for run in runs if run.status == "ok"]
-    assert len(ok_ticks) == len(set(ok_ticks)), "a tick ran more than once"
-    assert len(ok_ticks) >= 2
-    assert any(run.status == "skipped" for run in runs)
-    all_ticks = {run.detail["tick"] for run in runs}
-    assert all_ticks == set(ok_ticks), "every tick that some replica reached ran once"
+    assert_each_tick_runs_once(session_factory, Settings(flags=FlagSettings(interval_s=1)), JOB_NAME)

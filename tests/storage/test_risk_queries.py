@@ -85,7 +85,7 @@ def test_user_sums_by_window_match_one_window_queries(session_factory: sessionma
     windows = [
         DAY,
         TimeWindow.ending(NOW, timedelta(minutes=1)),  # before any exchange: empty
-        TimeWindow.ending(NOW - timedelta(hours=24), timedelta(hours=48)),  # holds the 2-day-old exchange
+        TimeWindow.ending(NOW - timedelta(hours=24), timedelta(hours=48)),  # contains the 2-day-old exchange
         TimeWindow.ending(NOW, timedelta(days=3)),
     ]
 

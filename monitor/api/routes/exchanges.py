@@ -36,7 +36,7 @@ def get_exchange(
 
 
 def exchange_detail(stored: StoredExchange, *, include_text: bool) -> ExchangeDetail:
-    """Build the answer, leaving the text and metadata out unless `include_text`."""
+    """Build the response, leaving the text and metadata out unless `include_text`."""
     record = stored.exchange
     text_stored = record.messages is not None or record.reply is not None
     raw_text: Literal["included", "hidden", "not_stored"]

@@ -21,7 +21,12 @@ router = data_router("/users", "users")
 
 MAX_TOP_USERS = 1000
 MAX_HISTORY = 500
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse, "description": "The user has no stored data to answer from."}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {
+        "model": ErrorResponse,
+        "description": "No data for the user: no exchange in the longest risk window (risk), or no exchange and no flag (history).",
+    }
+}
 
 
 @router.get("/top", response_model=TopUsers, summary="Users with the most slip-throughs in the window, with their risk")
